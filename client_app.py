@@ -1,0 +1,11 @@
+"""Flower ClientApp: routes each message type to hasa_flwr.client."""
+
+from flwr.clientapp import ClientApp
+
+from hasa_flwr import client
+
+app = ClientApp()
+app.query("stats")(client.query_stats)
+app.query("loss")(client.query_loss)
+app.train()(client.train_subnet)
+app.evaluate()(client.evaluate_subnet)

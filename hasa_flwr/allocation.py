@@ -1,0 +1,128 @@
+"""Subnet widths under a fixed size-weighted compute budget (DESIGN.md section 2).
+
+Every rule produces preliminary widths and then goes through the same scale-and-project step, so
+all rules spend the same budget: sum_i (n_i/N) cost(w_i) = cost(B).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.optimize import brentq
+from scipy.stats import rankdata
+
+from .scores import random_scores
+
+RULES = ("hasa", "hasa-inverse", "hasa-random", "uniform", "tiers")
+TOLERANCE = 1e-9
+MAX_PASSES = 100
+
+
+@dataclass(frozen=True)
+class Allocation:
+    widths: np.ndarray   # [M] final widths
+    used: float          # sum (n_i/N) w_i
+    passes: int          # scale-and-project passes until the budget held
+    ranks: np.ndarray    # [M] normalised ranks in [0, 1] the rule used
+    scores: np.ndarray   # [M] scores the ranks came from (random ones for hasa-random)
+
+
+def normalized_ranks(scores: np.ndarray) -> np.ndarray:
+    """(rank - 1) / (M - 1) with average ranks for ties (paper Eq. 13)."""
+    scores = np.asarray(scores, dtype=np.float64)
+    if len(scores) == 1:
+        return np.array([0.5])
+    return (rankdata(scores, method="average") - 1.0) / (len(scores) - 1.0)
+
+
+def check_feasible(budget: float, shares: np.ndarray, caps: np.ndarray, w_min: float, w_max: float,
+                   cost: Callable[[np.ndarray], np.ndarray]) -> None:
+    """Raise ValueError, naming the setting to change, if no allocation can meet the budget."""
+    if not 0.0 < w_min <= w_max <= 1.0:
+        raise ValueError(f"width bounds must satisfy 0 < width-min <= width-max <= 1, got "
+                         f"width-min={w_min}, width-max={w_max}")
+    bad = np.flatnonzero((caps < w_min) | (caps > 1.0))
+    if len(bad):
+        raise ValueError(f"width cap {caps[bad[0]]:g} of client {bad[0]} is outside [width-min={w_min:g}, 1]; "
+                         "raise the cap or lower width-min")
+    if budget < w_min:
+        raise ValueError(f"budget {budget:g} is below width-min {w_min:g}: every client needs at least "
+                         "width-min; raise budget or lower width-min")
+    ceiling = float(np.sum(shares * cost(caps)))
+    if cost(np.array([budget]))[0] > ceiling + TOLERANCE:
+        raise ValueError(f"budget {budget:g} exceeds what the width caps allow (sum (n_i/N) cost(cap_i) = "
+                         f"{ceiling:.4g} in cost units); lower budget or raise width-cap")
+
+
+def linear_cost(w: np.ndarray) -> np.ndarray:
+    return np.asarray(w, dtype=np.float64)
+
+
+def scale_and_project(prelim: np.ndarray, shares: np.ndarray, budget: float, w_min: float, caps: np.ndarray,
+                      cost: Callable[[np.ndarray], np.ndarray] | None = None) -> tuple[np.ndarray, int]:
+    """Scale widths to the budget, clip to [w_min, cap_i], repeat until the budget holds (paper Eq. 17).
+
+    With the paper's linear cost we repeat the paper's two-pass step until convergence; if it
+    converges slowly (most clients pinned at a bound) or the cost is not linear, the scale factor
+    is solved exactly with Brent's method instead, counted as one more pass.
+    """
+    w = prelim.astype(np.float64)
+    passes = 0
+    if cost is None:
+        for passes in range(1, MAX_PASSES + 1):
+            new = np.clip(budget / float(shares @ w) * w, w_min, caps)
+            done = abs(float(shares @ new) - budget) <= TOLERANCE or np.allclose(new, w, rtol=0, atol=1e-15)
+            w = new
+            if done:
+                return w, passes
+        cost = linear_cost
+    target = float(cost(np.array([budget]))[0])
+
+    def gap(s: float) -> float:
+        return float(shares @ cost(np.clip(s * w, w_min, caps))) - target
+
+    hi = float(caps.max() / w.min()) + 1.0
+    s = brentq(gap, 0.0, hi, xtol=1e-15, rtol=4 * np.finfo(float).eps, maxiter=500)
+    return np.clip(s * w, w_min, caps), passes + 1
+
+
+def allocate(rule: str, scores: np.ndarray, sizes: np.ndarray, *, budget: float = 0.5, w_min: float = 0.2,
+             w_max: float = 0.8, caps: np.ndarray | None = None, seed: int = 0,
+             cost: Callable[[np.ndarray], np.ndarray] | None = None) -> Allocation:
+    """Widths for M clients under sum_i (n_i/N) cost(w_i) = cost(budget) (cost(w) = w by default).
+
+    hasa: wider subnets for higher scores. hasa-inverse: narrower (directionality ablation).
+    hasa-random: HASA on seeded random scores. uniform: every client B. tiers: widths proportional
+    to the device caps (HeteroFL-style deployments).
+    """
+    if rule not in RULES:
+        raise ValueError(f"unknown allocation '{rule}': choose one of {', '.join(RULES)}")
+    sizes = np.asarray(sizes, dtype=np.float64)
+    scores = np.asarray(scores, dtype=np.float64)
+    m = len(sizes)
+    if m == 0 or scores.shape != (m,) or (sizes <= 0).any():
+        raise ValueError(f"need one score and a positive size per client, got {scores.shape} scores "
+                         f"for {m} sizes")
+    if not np.isfinite(scores).all():
+        raise ValueError("scores must be finite")
+    caps = np.full(m, w_max) if caps is None else np.asarray(caps, dtype=np.float64)
+    if caps.shape != (m,):
+        raise ValueError(f"need one width cap per client, got {caps.shape[0]} for {m} clients")
+    shares = sizes / sizes.sum()
+    check_feasible(budget, shares, caps, w_min, w_max, cost or linear_cost)
+
+    if rule == "hasa-random":
+        scores = random_scores(m, seed)
+    ranks = normalized_ranks(scores)
+    if rule == "hasa-inverse":
+        ranks = 1.0 - ranks
+    if rule in ("hasa", "hasa-inverse", "hasa-random"):
+        prelim = w_min + (w_max - w_min) * ranks
+    elif rule == "tiers":
+        prelim = caps.copy()
+    else:
+        prelim = np.full(m, budget)
+    widths, passes = scale_and_project(prelim, shares, budget, w_min, caps, cost)
+    return Allocation(widths=widths, used=float(shares @ widths), passes=passes, ranks=ranks, scores=scores)

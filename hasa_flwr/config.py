@@ -1,0 +1,137 @@
+"""Run config -> validated settings, and the strategy presets.
+
+Every name is checked here, before any node is contacted, so a typo fails in a second with a
+message that lists the valid choices instead of after minutes of training.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from .aggregation import AGGREGATIONS
+from .allocation import RULES
+from .data import DATASETS
+from .scores import SCORES
+from .subnet import EXTRACTIONS
+from .train import OPTIMIZERS
+
+# strategy -> (allocation rule, extraction); `allocation` / `extraction` keys override either axis
+STRATEGIES: dict[str, tuple[str, str]] = {
+    "uniform": ("uniform", "prefix"),
+    "hasa": ("hasa", "prefix"),
+    "hasa-inverse": ("hasa-inverse", "prefix"),
+    "hasa-random": ("hasa-random", "prefix"),
+    "heterofl": ("tiers", "prefix"),
+    "fedrolex": ("uniform", "rolling"),
+    "fedrop": ("uniform", "random"),
+    "fjord": ("uniform", "ordered"),
+}
+BUDGET_COSTS = ("width", "macs")
+MODEL_OF = {"synthetic": "lstm", "medium": "lstm", "digits": "cnn"}
+
+
+@dataclass(frozen=True)
+class Settings:
+    num_rounds: int
+    results_dir: str
+    dataset: str
+    data_path: str
+    num_clients: int
+    strategy: str
+    allocation: str
+    extraction: str
+    aggregation: str
+    score: str
+    budget: float
+    budget_cost: str
+    width_min: float
+    width_max: float
+    width_caps: tuple[float, ...]      # one per partition id (simulation); nodes may override
+    local_epochs: int
+    batch_size: int
+    lr: float
+    optimizer: str
+    momentum: float
+    embed_dim: int
+    hidden_dim: int
+    scaler: bool
+    seed: int
+    test_fraction: float
+    dirichlet_alpha: float
+    min_count: int
+    wait_seconds: float
+    round_timeout: float
+
+    @property
+    def model(self) -> str:
+        return MODEL_OF[self.dataset]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def choose(key: str, value: str, choices) -> str:
+    if value not in choices:
+        raise ValueError(f"unknown {key} '{value}': choose one of {', '.join(choices)}")
+    return value
+
+
+def parse_caps(text: str, num_clients: int) -> tuple[float, ...]:
+    """'0.8' (every client) or '0.8,0.5,...' (one per partition id)."""
+    try:
+        caps = [float(v) for v in str(text).replace(" ", "").split(",") if v]
+    except ValueError:
+        raise ValueError(f"width-cap '{text}' is not a number or a comma-separated list of numbers") from None
+    if len(caps) == 1:
+        caps *= num_clients
+    if len(caps) != num_clients:
+        raise ValueError(f"width-cap lists {len(caps)} caps for {num_clients} clients: give one number or "
+                         f"{num_clients} comma-separated numbers")
+    return tuple(caps)
+
+
+def positive(key: str, value: float) -> float:
+    if not value > 0:
+        raise ValueError(f"{key} must be positive, got {value}")
+    return value
+
+
+def settings_from_run_config(rc: dict[str, Any]) -> Settings:
+    """Validate the run config; raise ValueError with a one-line, actionable message."""
+    strategy = choose("strategy", str(rc["strategy"]), STRATEGIES)
+    rule, extraction = STRATEGIES[strategy]
+    num_clients = int(rc["num-clients"])
+    if num_clients < 2:
+        raise ValueError(f"num-clients must be at least 2, got {num_clients}")
+    return Settings(
+        num_rounds=int(positive("num-server-rounds", int(rc["num-server-rounds"]))),
+        results_dir=str(rc["results-dir"]),
+        dataset=choose("dataset", str(rc["dataset"]), DATASETS),
+        data_path=str(rc["data-path"]),
+        num_clients=num_clients,
+        strategy=strategy,
+        allocation=choose("allocation", str(rc["allocation"]) or rule, RULES),
+        extraction=choose("extraction", str(rc["extraction"]) or extraction, EXTRACTIONS),
+        aggregation=choose("aggregation", str(rc["aggregation"]), AGGREGATIONS),
+        score=choose("score", str(rc["score"]), SCORES),
+        budget=float(rc["budget"]),
+        budget_cost=choose("budget-cost", str(rc["budget-cost"]), BUDGET_COSTS),
+        width_min=float(rc["width-min"]),
+        width_max=float(rc["width-max"]),
+        width_caps=parse_caps(rc["width-cap"], num_clients),
+        local_epochs=int(positive("local-epochs", int(rc["local-epochs"]))),
+        batch_size=int(positive("batch-size", int(rc["batch-size"]))),
+        lr=positive("lr", float(rc["lr"])),
+        optimizer=choose("optimizer", str(rc["optimizer"]), OPTIMIZERS),
+        momentum=float(rc["momentum"]),
+        embed_dim=int(positive("embed-dim", int(rc["embed-dim"]))),
+        hidden_dim=int(positive("hidden-dim", int(rc["hidden-dim"]))),
+        scaler=bool(rc["scaler"]),
+        seed=int(rc["seed"]),
+        test_fraction=float(rc["test-fraction"]),
+        dirichlet_alpha=positive("dirichlet-alpha", float(rc["dirichlet-alpha"])),
+        min_count=int(rc["min-count"]),
+        wait_seconds=positive("wait-seconds", float(rc["wait-seconds"])),
+        round_timeout=positive("round-timeout", float(rc["round-timeout"])),
+    )

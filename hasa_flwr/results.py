@@ -1,0 +1,71 @@
+"""results.json (DESIGN.md section 8): build, write atomically, print as a table."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from .allocation import Allocation
+from .config import Settings
+from .metrics import summarize
+from .strategy import ClientInfo
+
+
+def build_results(settings: Settings, clients: list[ClientInfo], allocation: Allocation, history: list[dict],
+                  rejected: list[dict], *, run_id: int) -> dict[str, Any]:
+    rows = [{"partition_id": c.partition_id, "name": c.name, "n_train": c.n_train, "n_test": c.n_test,
+             "score": c.score, "rank": c.rank, "width": c.width, "cap": c.cap,
+             "accuracy": c.metrics.get("accuracy"), "top3": c.metrics.get("top3"), "loss": c.metrics.get("loss"),
+             "full_width_accuracy": c.metrics.get("full-width-accuracy")} for c in clients]
+    evaluated = [r["accuracy"] for r in rows if r["accuracy"] is not None]
+    return {
+        "config": settings.to_dict(),
+        "strategy": settings.strategy,
+        "allocation": settings.allocation,
+        "extraction": settings.extraction,
+        "seed": settings.seed,
+        "run_id": run_id,
+        "budget": {"B": settings.budget, "cost": settings.budget_cost, "used": allocation.used,
+                   "passes": allocation.passes},
+        "clients": rows,
+        "summary": summarize(evaluated) if evaluated else None,
+        "history": history,
+        "rejected_updates": rejected,
+    }
+
+
+def write_json_atomic(path: Path, payload: dict[str, Any]) -> Path:
+    """Write to a temp file in the same folder, then rename: readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".json")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(payload, f, indent=1)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def results_path(results_dir: str, run_id: int) -> Path:
+    """``<results-dir>/<run-id>/results.json``; relative dirs are relative to where `flwr run` started."""
+    return Path(results_dir).expanduser().absolute() / str(run_id) / "results.json"
+
+
+def format_table(results: dict[str, Any]) -> str:
+    """The per-client table and summary printed at the end of a run."""
+    lines = [f"{'id':>2}  {'client':<26} {'n_train':>7} {'score':>8} {'width':>6} {'acc':>7} {'full':>7}"]
+    for r in results["clients"]:
+        acc = "-" if r["accuracy"] is None else f"{r['accuracy']:.4f}"
+        full = "-" if r["full_width_accuracy"] is None else f"{r['full_width_accuracy']:.4f}"
+        lines.append(f"{r['partition_id']:>2}  {r['name'][:26]:<26} {r['n_train']:>7} {r['score']:>8.4f} "
+                     f"{r['width']:>6.3f} {acc:>7} {full:>7}")
+    s, b = results["summary"], results["budget"]
+    if s:
+        lines.append(f"mean {s['mean']:.4f}  worst {s['worst']:.4f}  tail {s['tail']:.4f}  std {s['std']:.4f}  "
+                     f"(budget B={b['B']:g}, used {b['used']:.6f}, {b['passes']} passes)")
+    return "\n".join(lines)

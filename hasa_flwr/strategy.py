@@ -1,0 +1,211 @@
+"""The HASA strategy for Flower's Message API, and the query round that precedes training.
+
+Allocation, slicing and aggregation are pure functions elsewhere; this module only moves their
+inputs and outputs through Flower messages: one subnet message per node, overlap-aware
+aggregation of the replies, federated evaluation of each client's own width.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from logging import INFO, WARNING
+
+import numpy as np
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.common import log
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import Strategy
+
+from .aggregation import Update, aggregate, check_update
+from .subnet import Indices, Spec, extract, hash_seed, select_units
+
+
+class FederationError(RuntimeError):
+    """The federation cannot run as configured (missing nodes, a client's data error...)."""
+
+
+@dataclass
+class ClientInfo:
+    """What the server knows about one node, from the query round and the allocation."""
+
+    node_id: int
+    partition_id: int
+    name: str
+    n_train: int
+    n_test: int
+    label_counts: np.ndarray
+    node_cap: float | None          # the SuperNode's own `max-width`, if it set one
+    cap: float = 1.0
+    score: float = math.nan
+    rank: float = math.nan
+    width: float = math.nan
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+def wait_for_nodes(grid: Grid, expected: int, timeout: float) -> list[int]:
+    """Node ids once ``expected`` nodes are connected; FederationError (never a hang) otherwise."""
+    deadline = time.monotonic() + timeout
+    while True:
+        nodes = sorted(grid.get_node_ids())
+        if len(nodes) >= expected:
+            return nodes
+        if time.monotonic() > deadline:
+            raise FederationError(
+                f"only {len(nodes)} of {expected} SuperNodes connected within {timeout:g}s: start "
+                f"{expected} SuperNodes (deployment) or run with --federation-config "
+                f"\"num-supernodes={expected}\" (simulation), or lower num-clients")
+        time.sleep(0.5)
+
+
+def ask(grid: Grid, contents: dict[int, RecordDict], message_type: str, timeout: float) -> dict[int, RecordDict]:
+    """Send one message per node and return every reply's content; any failure is fatal here
+    because the query round decides the allocation for everybody."""
+    messages = [Message(content=c, message_type=message_type, dst_node_id=n) for n, c in contents.items()]
+    replies = {m.metadata.src_node_id: m for m in grid.send_and_receive(messages, timeout=timeout)}
+    for node in contents:
+        if node not in replies:
+            raise FederationError(f"node {node} did not answer the {message_type} round within {timeout:g}s")
+        if replies[node].has_error():
+            reason = replies[node].error.reason.strip().splitlines()
+            raise FederationError(f"node {node} failed in {message_type}: {reason[-1] if reason else 'unknown error'}")
+    return {n: m.content for n, m in replies.items()}
+
+
+def query_stats(grid: Grid, nodes: list[int], num_clients: int, timeout: float) -> tuple[list[ClientInfo], int]:
+    """Partition id, sizes, integer label counts and device cap of every node (sent once)."""
+    replies = ask(grid, {n: RecordDict() for n in nodes}, "query.stats", timeout)
+    clients, num_classes = [], set()
+    for node, content in replies.items():
+        m, c = content["stats"], content["info"]
+        if int(m["num-partitions"]) != num_clients:
+            raise FederationError(f"node {node} says num-partitions={int(m['num-partitions'])} but num-clients="
+                                  f"{num_clients}: make them equal")
+        cap = float(m["max-width"])
+        clients.append(ClientInfo(node_id=node, partition_id=int(m["partition-id"]), name=str(c["name"]),
+                                  n_train=int(m["n-train"]), n_test=int(m["n-test"]),
+                                  label_counts=np.asarray(m["label-counts"], dtype=np.int64),
+                                  node_cap=cap if cap > 0 else None))
+        num_classes.add(int(m["num-classes"]))
+    ids = sorted(c.partition_id for c in clients)
+    if ids != list(range(num_clients)):
+        raise FederationError(f"partition ids {ids} are not 0..{num_clients - 1} once each: give every SuperNode "
+                              "its own partition-id")
+    if len(num_classes) != 1:
+        raise FederationError(f"clients disagree on the number of classes/vocabulary ({sorted(num_classes)}): "
+                              "give every node the same data file and seed")
+    return sorted(clients, key=lambda c: c.partition_id), num_classes.pop()
+
+
+def query_losses(grid: Grid, clients: list[ClientInfo], arrays: ArrayRecord, width: float, timeout: float) -> np.ndarray:
+    """Mean training loss of the initial supernet's width-``width`` prefix on every client (score=loss)."""
+    content = RecordDict({"arrays": arrays, "config": ConfigRecord({"width": width})})
+    replies = ask(grid, {c.node_id: content for c in clients}, "query.loss", timeout)
+    return np.array([float(replies[c.node_id]["metrics"]["loss"]) for c in clients])
+
+
+class HasaStrategy(Strategy):
+    """Per-client subnets of one supernet, aggregated over their overlap.
+
+    ``clients`` must already carry their widths (see ``allocation.allocate``); the strategy
+    then only slices, sends, checks and averages.
+    """
+
+    def __init__(self, clients: list[ClientInfo], spec: Spec, sizes: dict[str, int], *, extraction: str,
+                 aggregation: str, seed: int, num_rounds: int) -> None:
+        self.clients = {c.node_id: c for c in clients}
+        self.spec, self.sizes = spec, sizes
+        self.extraction, self.aggregation = extraction, aggregation
+        self.seed, self.num_rounds = seed, num_rounds
+        self.sent: dict[int, Indices] = {}
+        self.state: dict[str, torch.Tensor] = {}
+        self.history: list[dict[str, float]] = []
+        self.rejected: list[dict[str, object]] = []
+        self._round_start = 0.0
+        self._train_loss = math.nan
+
+    def summary(self) -> None:
+        log(INFO, "\t├──> HASA: extraction=%s aggregation=%s", self.extraction, self.aggregation)
+        for c in self.clients.values():
+            log(INFO, "\t│\tclient %d (%s): n=%d width=%.3f", c.partition_id, c.name, c.n_train, c.width)
+
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                        grid: Grid) -> Iterable[Message]:
+        self._round_start = time.perf_counter()
+        self.state = arrays.to_torch_state_dict()
+        messages = []
+        for node, c in self.clients.items():
+            idx = select_units(self.extraction, c.width, self.sizes, server_round=server_round, seed=self.seed,
+                               client=c.partition_id)
+            self.sent[node] = idx
+            cfg = ConfigRecord({**dict(config), "server-round": server_round, "width": c.width,
+                                "ordered": self.extraction == "ordered",
+                                "train-seed": hash_seed(self.seed, server_round, c.partition_id)})
+            sub = ArrayRecord(extract(self.state, self.spec, idx, self.sizes))
+            messages.append(Message(RecordDict({"arrays": sub, "config": cfg}), dst_node_id=node,
+                                    message_type="train"))
+        return messages
+
+    def reject(self, server_round: int, node: int, reason: str) -> None:
+        log(WARNING, "round %d: update from node %d rejected: %s", server_round, node, reason)
+        pid = self.clients[node].partition_id if node in self.clients else -1
+        self.rejected.append({"round": server_round, "partition_id": pid, "reason": reason})
+
+    def aggregate_train(self, server_round: int,
+                        replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        updates, losses = [], []
+        for msg in replies:
+            node = msg.metadata.src_node_id
+            if msg.has_error():
+                self.reject(server_round, node, f"client error: {msg.error.reason.strip()[-300:]}")
+                continue
+            if node not in self.sent:
+                self.reject(server_round, node, "reply from a node that was not sent a subnet")
+                continue
+            try:
+                metrics = msg.content["metrics"]
+                update = Update(self.sent[node], msg.content["arrays"].to_torch_state_dict(),
+                                float(metrics["num-examples"]))
+                check_update(update, self.state, self.spec, self.sizes)
+            except (KeyError, ValueError, TypeError) as err:
+                self.reject(server_round, node, str(err))
+                continue
+            updates.append(update)
+            losses.append((update.weight, float(metrics["train-loss"])))
+        if not updates:
+            log(WARNING, "round %d: no valid update; the supernet is unchanged", server_round)
+            return None, None
+        new = aggregate(self.state, updates, self.spec, self.sizes, self.aggregation)
+        total = sum(w for w, _ in losses)
+        self._train_loss = sum(w * loss for w, loss in losses) / total
+        return ArrayRecord(new), MetricRecord({"train-loss": self._train_loss, "clients": len(updates)})
+
+    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                           grid: Grid) -> Iterable[Message]:
+        final = server_round == self.num_rounds
+        return [Message(RecordDict({"arrays": arrays, "config": ConfigRecord(
+                    {**dict(config), "server-round": server_round, "width": c.width, "full-width": final})}),
+                        dst_node_id=node, message_type="evaluate")
+                for node, c in self.clients.items()]
+
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+        accs = []
+        for msg in replies:
+            node = msg.metadata.src_node_id
+            if msg.has_error() or node not in self.clients:
+                log(WARNING, "round %d: no evaluation from node %d", server_round, node)
+                continue
+            metrics = {k: float(v) for k, v in msg.content["metrics"].items()}
+            self.clients[node].metrics = metrics
+            accs.append(metrics["accuracy"])
+        if not accs:
+            return None
+        row = {"round": server_round, "train_loss": self._train_loss, "mean": float(np.mean(accs)),
+               "worst": float(np.min(accs)), "seconds": time.perf_counter() - self._round_start}
+        self.history.append(row)
+        log(INFO, "round %d: mean accuracy %.4f, worst %.4f (%d clients)", server_round, row["mean"],
+            row["worst"], len(accs))
+        return MetricRecord({"mean-accuracy": row["mean"], "worst-accuracy": row["worst"]})

@@ -1,0 +1,135 @@
+"""Which units of the supernet a client gets, and how to cut them out and put them back.
+
+A model describes its parameters with a *slicing spec*: for every parameter, one entry per axis,
+either ``None`` (the axis never scales: vocabulary, classes, input channels) or an :class:`Axis`
+naming the scalable dimension it follows. Everything here is pure torch, so slicing can be tested
+without Flower.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+EXTRACTIONS = ("prefix", "rolling", "random", "ordered")
+
+
+@dataclass(frozen=True)
+class Axis:
+    """An axis that follows scalable dimension ``dim`` of full size K.
+
+    ``blocks``: the axis holds ``blocks`` consecutive copies of the K units (the 4 LSTM gates).
+    ``inner``: every unit spans ``inner`` consecutive entries (a conv channel flattened over
+    its spatial positions before a linear layer).
+    """
+
+    dim: str
+    blocks: int = 1
+    inner: int = 1
+
+
+Spec = dict[str, tuple[Axis | None, ...]]
+Indices = dict[str, torch.Tensor]
+
+
+def num_units(width: float, size: int) -> int:
+    """Units kept at ``width``: max(1, floor(width * K)) (paper). The epsilon keeps 0.3*10 at 3."""
+    return max(1, min(size, math.floor(width * size + 1e-9)))
+
+
+def sub_sizes(width: float, sizes: dict[str, int]) -> dict[str, int]:
+    """Size of every scalable dimension in the width-``width`` subnet."""
+    return {dim: num_units(width, k) for dim, k in sizes.items()}
+
+
+def select_units(
+    extraction: str,
+    width: float,
+    sizes: dict[str, int],
+    *,
+    server_round: int = 0,
+    seed: int = 0,
+    client: int = 0,
+) -> Indices:
+    """Global unit indices (sorted) a client trains, per scalable dimension.
+
+    ``prefix`` and ``ordered`` take units [0, k) (HeteroFL, HASA, FjORD); ``rolling`` takes
+    ``(arange(k) + round) mod K`` (FedRolex); ``random`` takes a k-subset drawn from a generator
+    seeded by (seed, round, client, dimension) (Federated Dropout), so runs are reproducible.
+    """
+    if extraction not in EXTRACTIONS:
+        raise ValueError(f"unknown extraction '{extraction}': choose one of {', '.join(EXTRACTIONS)}")
+    out: Indices = {}
+    for d, (dim, size) in enumerate(sorted(sizes.items())):
+        k = num_units(width, size)
+        if extraction == "rolling":
+            idx = torch.sort((torch.arange(k) + server_round) % size).values
+        elif extraction == "random":
+            gen = torch.Generator().manual_seed(hash_seed(seed, server_round, client, d))
+            idx = torch.sort(torch.randperm(size, generator=gen)[:k]).values
+        else:
+            idx = torch.arange(k)
+        out[dim] = idx
+    return out
+
+
+def hash_seed(*parts: int) -> int:
+    """A deterministic 63-bit seed from integers (Python's hash() is salted for str only)."""
+    h = 1469598103934665603
+    for p in parts:
+        h = ((h ^ (int(p) & 0xFFFFFFFFFFFFFFFF)) * 1099511628211) % (1 << 63)
+    return h
+
+
+def axis_positions(axis: Axis, units: torch.Tensor, size: int) -> torch.Tensor:
+    """Positions along a parameter axis that belong to the given units."""
+    block = torch.arange(axis.blocks).view(-1, 1, 1) * size * axis.inner
+    unit = units.view(1, -1, 1) * axis.inner
+    inner = torch.arange(axis.inner).view(1, 1, -1)
+    return (block + unit + inner).reshape(-1)
+
+
+def positions(spec_axes: tuple[Axis | None, ...], indices: Indices, sizes: dict[str, int]) -> list[torch.Tensor | None]:
+    """Per-axis positions of one parameter (None = the whole axis)."""
+    return [None if a is None else axis_positions(a, indices[a.dim], sizes[a.dim]) for a in spec_axes]
+
+
+def gather(state: dict[str, torch.Tensor], spec: Spec, indices: Indices, sizes: dict[str, int]) -> dict[str, torch.Tensor]:
+    """The selected sub-tensors in the layout of a width-w model; differentiable (autograd flows
+    back into ``state``), and unscaled parameters are returned as they are."""
+    out = {}
+    for name, axes in spec.items():
+        t = state[name]
+        for dim, pos in enumerate(positions(axes, indices, sizes)):
+            if pos is not None:
+                t = t.index_select(dim, pos)
+        out[name] = t
+    return out
+
+
+def extract(state: dict[str, torch.Tensor], spec: Spec, indices: Indices, sizes: dict[str, int]) -> dict[str, torch.Tensor]:
+    """A client's sub-model parameters: independent copies, safe to send and train."""
+    return {name: t.detach().clone() for name, t in gather(state, spec, indices, sizes).items()}
+
+
+def expected_shapes(state: dict[str, torch.Tensor], spec: Spec, indices: Indices, sizes: dict[str, int]) -> dict[str, tuple[int, ...]]:
+    """Shapes a client's update must have: what ``extract`` would return."""
+    shapes = {}
+    for name, axes in spec.items():
+        pos = positions(axes, indices, sizes)
+        shapes[name] = tuple(len(p) if p is not None else n for p, n in zip(pos, state[name].shape))
+    return shapes
+
+
+def open_grid(pos: list[torch.Tensor | None], shape: torch.Size) -> tuple[torch.Tensor, ...]:
+    """Broadcastable index tensors (numpy's ix_) addressing the selected sub-block."""
+    ndim = len(shape)
+    grid = []
+    for dim, (p, n) in enumerate(zip(pos, shape)):
+        idx = torch.arange(n) if p is None else p
+        view = [1] * ndim
+        view[dim] = -1
+        grid.append(idx.view(view))
+    return tuple(grid)

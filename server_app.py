@@ -1,0 +1,60 @@
+"""Flower ServerApp: run config -> query round -> allocation -> HASA rounds -> results.json."""
+
+import sys
+from logging import ERROR, INFO
+
+import numpy as np
+import torch
+from flwr.app import ArrayRecord, Context
+from flwr.common import log
+from flwr.serverapp import Grid, ServerApp
+
+from hasa_flwr.allocation import allocate
+from hasa_flwr.config import settings_from_run_config
+from hasa_flwr.models import build_model, full_sizes, mac_cost
+from hasa_flwr.results import build_results, format_table, results_path, write_json_atomic
+from hasa_flwr.scores import scores_from_counts
+from hasa_flwr.strategy import FederationError, HasaStrategy, query_losses, query_stats, wait_for_nodes
+
+app = ServerApp()
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    try:
+        run(grid, context)
+    except (ValueError, FederationError) as err:
+        log(ERROR, "hasa-flwr: %s", err)
+        sys.exit(f"hasa-flwr: {err}")
+
+
+def run(grid: Grid, context: Context) -> None:
+    settings = settings_from_run_config(context.run_config)
+    nodes = wait_for_nodes(grid, settings.num_clients, settings.wait_seconds)
+    clients, num_classes = query_stats(grid, nodes, settings.num_clients, settings.round_timeout)
+    sizes = full_sizes(settings.model, settings.embed_dim, settings.hidden_dim)
+    torch.manual_seed(settings.seed)
+    model = build_model(settings.model, num_classes, sizes, scaler=settings.scaler)
+    initial = ArrayRecord(model.state_dict())
+
+    if settings.score == "loss":
+        scores = query_losses(grid, clients, initial, settings.budget, settings.round_timeout)
+    else:
+        scores = scores_from_counts(settings.score, np.stack([c.label_counts for c in clients]), settings.seed)
+    for c in clients:  # a SuperNode's own max-width wins over the run config's list
+        c.cap = c.node_cap if c.node_cap is not None else settings.width_caps[c.partition_id]
+    allocation = allocate(settings.allocation, scores, np.array([c.n_train for c in clients]),
+                          budget=settings.budget, w_min=settings.width_min, w_max=settings.width_max,
+                          caps=np.array([c.cap for c in clients]), seed=settings.seed,
+                          cost=mac_cost(model) if settings.budget_cost == "macs" else None)
+    for c, score, rank, width in zip(clients, allocation.scores, allocation.ranks, allocation.widths):
+        c.score, c.rank, c.width = float(score), float(rank), float(width)
+
+    strategy = HasaStrategy(clients, model.slicing_spec(), sizes, extraction=settings.extraction,
+                            aggregation=settings.aggregation, seed=settings.seed, num_rounds=settings.num_rounds)
+    strategy.start(grid, initial, num_rounds=settings.num_rounds, timeout=settings.round_timeout)
+
+    results = build_results(settings, clients, allocation, strategy.history, strategy.rejected,
+                            run_id=context.run_id)
+    path = write_json_atomic(results_path(settings.results_dir, context.run_id), results)
+    log(INFO, "\n%s\nresults: %s", format_table(results), path)
