@@ -84,7 +84,7 @@ def train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epochs: int, ba
             if clip > 0:
                 nn.utils.clip_grad_norm_(model.parameters(), clip)
             opt.step()
-            total += float(loss)
+            total += loss.item()
             count += 1
     return total / max(count, 1)
 

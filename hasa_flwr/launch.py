@@ -1,0 +1,128 @@
+"""Start a run through the real `flwr run` CLI, with a pre-flight check and an honest exit code.
+
+`flwr run --stream` exits 0 even when the ServerApp fails, and a typo in the run config only
+surfaces after Ray has started. `hasa run` checks the run config and the data first (a one-line
+error, exit 2, in about a second), then streams `flwr run`, and exits 1 if no results.json was
+written.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import tomllib
+
+from .allocation import check_feasible, linear_cost
+from .config import Settings, settings_from_run_config
+from .data import load_federated
+
+FLWR_ENV = {
+    "FLWR_TELEMETRY_ENABLED": "0",
+    "FLWR_DISABLE_UPDATE_CHECK": "1",
+    # the SuperLink would otherwise `uv sync` torch (with CUDA) into a fresh environment per run
+    "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+}
+RUN_ID = re.compile(r"Successfully started run (\d+)")
+APP_ERROR = re.compile(r"hasa-flwr: (.*)$")
+
+
+def app_defaults(app_dir: Path) -> dict[str, Any]:
+    """The default run config from the app's pyproject.toml."""
+    pyproject = app_dir / "pyproject.toml"
+    if not pyproject.is_file():
+        raise ValueError(f"{pyproject} not found: run from the hasa-flwr folder or pass its path")
+    with pyproject.open("rb") as f:
+        return tomllib.load(f)["tool"]["flwr"]["app"]["config"]
+
+
+def read_preset(path: str | Path) -> dict[str, Any]:
+    """A conf/*.toml preset: flat `key = value` run-config overrides."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"run-config file {path} not found")
+    with path.open("rb") as f:
+        return tomllib.load(f)
+
+
+def merge_config(defaults: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    unknown = sorted(set(overrides) - set(defaults))
+    if unknown:
+        raise ValueError(f"unknown run-config key(s) {', '.join(unknown)}: valid keys are listed in pyproject.toml "
+                         "[tool.flwr.app.config]")
+    return {**defaults, **overrides}
+
+
+def to_flwr_args(overrides: dict[str, Any]) -> str:
+    """One `--run-config` string (`k=v` pairs, TOML values)."""
+    def value(v: Any) -> str:
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, str):
+            return '"' + v.replace('"', '\\"') + '"'
+        return repr(v)
+    return " ".join(f"{k}={value(v)}" for k, v in overrides.items())
+
+
+def preflight(run_config: dict[str, Any]) -> Settings:
+    """What the ServerApp would reject, checked locally (simulation shares this machine's files)."""
+    settings = settings_from_run_config(run_config)
+    fed = load_federated(settings.dataset, num_clients=settings.num_clients, seed=settings.seed,
+                         data_path=settings.data_path, test_fraction=settings.test_fraction,
+                         dirichlet_alpha=settings.dirichlet_alpha, min_count=settings.min_count)
+    sizes = np.array([c.n_train for c in fed.clients], dtype=np.float64)
+    if settings.budget_cost == "width":  # the macs check needs the model; the ServerApp does it
+        check_feasible(settings.budget, sizes / sizes.sum(), np.array(settings.width_caps), settings.width_min,
+                       settings.width_max, linear_cost)
+    return settings
+
+
+@dataclass
+class RunOutcome:
+    run_id: int | None
+    results: Path | None
+    error: str | None
+    returncode: int
+
+
+def flwr_run(app_dir: Path, overrides: dict[str, Any], *, num_supernodes: int, federation_config: str = "",
+             log=None, env: dict[str, str] | None = None, timeout: float | None = None) -> RunOutcome:
+    """Run `flwr run <app> --stream` and find the results.json it wrote (or the app's error).
+
+    ``overrides`` must hold an absolute ``results-dir``: a reused local SuperLink keeps the
+    working directory of the `flwr run` that started it, so relative paths would land there.
+    """
+    results_dir = Path(overrides["results-dir"])
+    if not results_dir.is_absolute():
+        raise ValueError(f"results-dir must be absolute here, got {results_dir}")
+    run_env = {**FLWR_ENV, **os.environ, **(env or {})}
+    run_env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{run_env.get('PATH', '')}"
+    fed = federation_config or f"num-supernodes={num_supernodes}"
+    cmd = ["flwr", "run", str(app_dir), "--stream", "--federation-config", fed]
+    if overrides:
+        cmd += ["--run-config", to_flwr_args(overrides)]
+    run_id, error = None, None
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=run_env)
+    try:
+        for line in proc.stdout:
+            if log is not None:
+                log.write(line)
+                log.flush()
+            if run_id is None and (m := RUN_ID.search(line)):
+                run_id = int(m.group(1))
+            if m := APP_ERROR.search(line):
+                error = m.group(1).strip()
+        proc.wait(timeout=timeout)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    path = results_dir / str(run_id) / "results.json" if run_id is not None else None
+    if path is not None and not path.is_file():
+        path = None
+    return RunOutcome(run_id, path, error, proc.returncode or 0)

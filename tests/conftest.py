@@ -1,0 +1,23 @@
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).parent))
+
+
+def medium_csv() -> Path | None:
+    """The benchmark CSV when HASA_DATA_DIR provides it (CI sets it to ../shared/data)."""
+    folder = os.environ.get("HASA_DATA_DIR")
+    path = Path(folder) / "medium_data.csv" if folder else None
+    return path if path is not None and path.is_file() else None
+
+
+@pytest.fixture(scope="session")
+def superlink():
+    from flower_procs import simulation_superlink
+
+    with simulation_superlink() as env:
+        yield env

@@ -1,0 +1,125 @@
+"""Start Flower processes for end-to-end tests on free ports, and stop every one of them by PID.
+
+Each harness gets its own FLWR_HOME and RAY_TMPDIR, so a developer's SuperLink on the default
+ports is neither reused nor disturbed.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def children_map() -> dict[int, list[int]]:
+    out: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            out.setdefault(ppid, []).append(int(entry.name))
+    return out
+
+
+def session_members(sid: int) -> list[int]:
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if os.getsid(int(entry.name)) == sid:
+                    pids.append(int(entry.name))
+            except OSError:
+                continue
+    return pids
+
+
+def descendants(pid: int) -> list[int]:
+    tree, todo, seen = children_map(), [pid], []
+    while todo:
+        p = todo.pop()
+        seen.append(p)
+        todo.extend(tree.get(p, []))
+    return seen
+
+
+def kill_tree(pid: int, timeout: float = 10.0) -> None:
+    """SIGTERM ``pid``, its descendants and its session (it was started with a new session), then
+    SIGKILL whatever is left (Ray's agents may ignore SIGTERM)."""
+    pids = set(descendants(pid)) | set(session_members(pid)) - {os.getpid()}
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for p in pids:
+            try:
+                os.kill(p, sig)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and any(alive(p) for p in pids):
+            time.sleep(0.2)
+        pids |= set(session_members(pid)) - {os.getpid()}
+
+
+def alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def wait_http(url: str, proc: subprocess.Popen, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{proc.args[0]} exited with {proc.returncode}")
+        try:
+            if httpx.get(url, timeout=1.0).is_success:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    raise TimeoutError(f"{url} not healthy within {timeout}s")
+
+
+@contextmanager
+def simulation_superlink():
+    """A simulation SuperLink the `flwr run` CLI reuses as its local one; yields the env to run with."""
+    home = Path(tempfile.mkdtemp(prefix="flwr-home-"))
+    ray_tmp = Path(tempfile.mkdtemp(prefix="ray", dir="/tmp"))  # short: Ray's socket paths are length-limited
+    http, control, fleet = free_port(), free_port(), free_port()
+    env = {**os.environ, "FLWR_HOME": str(home), "RAY_TMPDIR": str(ray_tmp), "FLWR_TELEMETRY_ENABLED": "0",
+           "FLWR_DISABLE_UPDATE_CHECK": "1", "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+           "FLWR_LOCAL_SUPERLINK_HTTP_API_PORT": str(http), "FLWR_LOCAL_CONTROL_API_PORT": str(control),
+           "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+    cmd = [str(BIN / "flower-superlink"), "--insecure", "--simulation", "--isolation", "subprocess",
+           "--host", "127.0.0.1", "--port", str(http), "--control-api-address", f"127.0.0.1:{control}",
+           "--fleet-api-address", f"127.0.0.1:{fleet}", "--database", str(home / "state.db"),
+           "--disable-runtime-dependency-installation"]
+    log = (home / "superlink.log").open("w")
+    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_http(f"http://127.0.0.1:{http}/health", proc)
+        yield env
+    finally:
+        kill_tree(proc.pid)
+        log.close()
+        shutil.rmtree(home, ignore_errors=True)
+        shutil.rmtree(ray_tmp, ignore_errors=True)

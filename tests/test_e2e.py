@@ -1,0 +1,73 @@
+"""End to end through the real `flwr run` CLI (simulation engine on Ray)."""
+
+import json
+
+import pytest
+from conftest import ROOT, medium_csv
+
+from hasa_flwr.launch import flwr_run, read_preset
+
+SMALL = {"num-server-rounds": 2, "embed-dim": 16, "hidden-dim": 32}
+
+
+def run(superlink, tmp_path, overrides, num_supernodes=7):
+    log = (tmp_path / "flwr.log").open("w")
+    with log:
+        outcome = flwr_run(ROOT, {"results-dir": str(tmp_path / "results"), **overrides},
+                           num_supernodes=num_supernodes, env=superlink, log=log, timeout=600)
+    return outcome, (tmp_path / "flwr.log").read_text()
+
+
+def check_results(path, num_clients=7, rounds=2):
+    res = json.loads(path.read_text())
+    b = res["budget"]
+    shares = [c["n_train"] for c in res["clients"]]
+    used = sum(n * c["width"] for n, c in zip(shares, res["clients"])) / sum(shares)
+    assert abs(used - b["B"]) <= 1e-6 and abs(b["used"] - b["B"]) <= 1e-6
+    assert b["passes"] >= 1
+    assert sorted(c["partition_id"] for c in res["clients"]) == list(range(num_clients))
+    cfg = res["config"]
+    for c in res["clients"]:
+        assert cfg["width_min"] - 1e-12 <= c["width"] <= c["cap"] + 1e-12
+        assert 0.0 <= c["accuracy"] <= c["top3"] <= 1.0
+        assert c["full_width_accuracy"] is not None and c["n_train"] > 0 and c["n_test"] > 0
+    assert [h["round"] for h in res["history"]] == list(range(1, rounds + 1))
+    assert res["summary"]["worst"] <= res["summary"]["tail"] <= res["summary"]["mean"]
+    assert res["history"][-1]["mean"] == pytest.approx(res["summary"]["mean"])
+    return res
+
+
+def test_synthetic_hasa_two_rounds(superlink, tmp_path):
+    outcome, log = run(superlink, tmp_path, SMALL)
+    assert outcome.results is not None, log[-3000:]
+    res = check_results(outcome.results)
+    assert res["strategy"] == "hasa" and res["config"]["dataset"] == "synthetic"
+    # HASA: the widest subnet goes to a client with the highest score
+    by_score = sorted(res["clients"], key=lambda c: c["score"])
+    assert by_score[-1]["width"] >= by_score[0]["width"]
+    assert "mean" in log and "worst" in log  # the per-client table was printed
+
+
+@pytest.mark.skipif(medium_csv() is None, reason="HASA_DATA_DIR has no medium_data.csv")
+def test_medium_two_rounds(superlink, tmp_path):
+    preset = read_preset(ROOT / "conf" / "medium.toml")
+    outcome, log = run(superlink, tmp_path, {**preset, **SMALL, "data-path": str(medium_csv())})
+    assert outcome.results is not None, log[-3000:]
+    res = check_results(outcome.results)
+    assert res["clients"][0]["name"] == "The Startup"
+    assert {c["name"] for c in res["clients"]} >= {"Towards Data Science", "Better Humans"}
+
+
+def test_fewer_nodes_than_clients_stops_with_advice(superlink, tmp_path):
+    outcome, log = run(superlink, tmp_path, {**SMALL, "wait-seconds": 5.0}, num_supernodes=3)
+    assert outcome.results is None
+    assert outcome.error and "only 3 of 7 SuperNodes" in outcome.error and "num-supernodes=7" in outcome.error
+    assert not (tmp_path / "results").exists()
+
+
+def test_serverapp_rejects_bad_names_and_client_data_errors(superlink, tmp_path):
+    outcome, _ = run(superlink, tmp_path, {**SMALL, "extraction": "nope"})
+    assert outcome.results is None and "unknown extraction 'nope'" in outcome.error
+    outcome, _ = run(superlink, tmp_path, {**SMALL, "dataset": "medium", "data-path": str(tmp_path / "none.csv")})
+    assert outcome.results is None and "medium data not found" in outcome.error
+    assert not (tmp_path / "results").exists()

@@ -1,0 +1,274 @@
+"""Tests for hasa_flwr.train: FjORD ordered dropout (prefix-only updates, sampled widths, gradient
+masks, exactness), the training loop, and evaluate() on hand-made logits."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from hasa_flwr.aggregation import Update, aggregate
+from hasa_flwr.data import IGNORE_INDEX
+from hasa_flwr.models import LSTMLanguageModel, WidthCNN, build_model
+from hasa_flwr.subnet import extract, select_units
+from hasa_flwr.train import FJORD_LEVELS, OrderedDropout, evaluate, loss_fn, make_optimizer, train
+
+V, K = 15, 10
+SIZES = {"embed": K, "hidden": K}
+MAX_W = 0.6
+KL = 6  # floor(0.6 * 10): the client's local sizes
+
+
+def supernet(seed: int = 0) -> LSTMLanguageModel:
+    torch.manual_seed(seed)
+    return LSTMLanguageModel(V, K, K)
+
+
+def data(n: int = 48, t: int = 6, seed: int = 1):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randint(0, V, (n, t), generator=g)
+    y = torch.roll(x, -1, dims=1)
+    y[:, -1] = IGNORE_INDEX
+    return x, y
+
+
+def local_client(full: LSTMLanguageModel):
+    idx = select_units("ordered", MAX_W, SIZES)
+    local = build_model("lstm", V, SIZES, MAX_W)
+    local.load_state_dict(extract(full.state_dict(), full.slicing_spec(), idx, SIZES))
+    return idx, local
+
+
+def lstm_prefix_mask(shape, name: str, k_h: int, k_e: int, kh_full: int) -> torch.Tensor:
+    """True where a coordinate of ``name`` belongs to the hidden/embed prefix (k_h, k_e) of a model
+    whose hidden size is ``kh_full`` (gate blocks of kh_full rows)."""
+    gates = torch.zeros(4 * kh_full, dtype=torch.bool)
+    for g in range(4):
+        gates[g * kh_full: g * kh_full + k_h] = True
+    if name == "embedding.weight":
+        m = torch.zeros(shape, dtype=torch.bool)
+        m[:, :k_e] = True
+    elif name == "lstm.weight_ih_l0":
+        m = gates[:, None] & (torch.arange(shape[1]) < k_e)[None, :]
+    elif name == "lstm.weight_hh_l0":
+        m = gates[:, None] & (torch.arange(shape[1]) < k_h)[None, :]
+    elif name in ("lstm.bias_ih_l0", "lstm.bias_hh_l0"):
+        m = gates.clone()
+    elif name == "head.weight":
+        m = torch.zeros(shape, dtype=torch.bool)
+        m[:, :k_h] = True
+    else:  # head.bias never scales
+        m = torch.ones(shape, dtype=torch.bool)
+    return m
+
+
+# ----------------------------------------------------------------------------- levels
+
+
+def test_levels():
+    assert OrderedDropout("lstm", V, SIZES, 0.6).levels() == [0.2, 0.4, 0.6]
+    assert OrderedDropout("lstm", V, SIZES, 0.7).levels() == [0.2, 0.4, 0.6, 0.7]
+    assert OrderedDropout("lstm", V, SIZES, 1.0).levels() == list(FJORD_LEVELS)
+    assert OrderedDropout("lstm", V, SIZES, 0.1).levels() == [0.1]
+    for w in (0.25, 0.5, 0.8, 0.95):
+        lv = OrderedDropout("lstm", V, SIZES, w).levels()
+        assert max(lv) == w and all(p <= w for p in lv) and lv == sorted(lv)
+
+
+# ----------------------------------------------------------------------------- FjORD training round
+
+
+def test_fjord_round_updates_only_the_client_prefix():
+    full = supernet()
+    before = {k: v.clone() for k, v in full.state_dict().items()}
+    idx, local = local_client(full)
+    od = OrderedDropout("lstm", V, SIZES, MAX_W)
+    sampled = []
+    inner_forward = od.forward
+
+    def recording_forward(model, x, p):
+        sampled.append(p)
+        return inner_forward(model, x, p)
+
+    od.forward = recording_forward
+    x, y = data()
+    loss = train(local, x, y, epochs=2, batch_size=8, lr=0.5, seed=3, ordered=od)
+    assert math.isfinite(loss) and loss > 0
+    assert len(sampled) == 12  # 48 samples / 8 per batch * 2 epochs
+    assert all(p <= MAX_W for p in sampled) and set(sampled) <= set(od.levels())
+    assert len(set(sampled)) >= 2  # widths really vary between batches
+
+    update = Update(idx, {k: v.detach().clone() for k, v in local.state_dict().items()}, 48.0)
+    out = aggregate(before, [update], full.slicing_spec(), SIZES, "selective")
+    changed_inside = 0
+    for name, old in before.items():
+        inside = lstm_prefix_mask(old.shape, name, KL, KL, K)
+        assert torch.equal(out[name][~inside], old[~inside]), name  # outside the 0.6 prefix: untouched
+        changed_inside += int((out[name][inside] != old[inside]).sum())
+        # inside: exactly the client's trained values
+        # (row-major order of the prefix coordinates is the subnet layout, gate blocks included)
+        assert torch.equal(out[name][inside], update.params[name].reshape(-1)), name
+    assert changed_inside > 100
+
+
+@pytest.mark.parametrize("p", [0.2, 0.4])
+def test_ordered_forward_gradient_zero_outside_prefix(p):
+    _, local = local_client(supernet(1))
+    od = OrderedDropout("lstm", V, SIZES, MAX_W)
+    x, y = data(8, 5, seed=2)
+    loss_fn(od.forward(local, x, p), y).backward()
+    kp = math.floor(p * K + 1e-9)
+    for name, param in local.named_parameters():
+        assert param.grad is not None, name
+        inside = lstm_prefix_mask(param.shape, name, kp, kp, KL)
+        assert torch.count_nonzero(param.grad[~inside]) == 0, name
+        assert torch.count_nonzero(param.grad[inside]) > 0, name
+
+
+@pytest.mark.parametrize("p", [0.2, 0.4])
+def test_ordered_forward_equals_zeroed_local_model(p):
+    """Independent reference: the width-0.6 local model with units >= floor(pK) zeroed out."""
+    _, local = local_client(supernet(2))
+    od = OrderedDropout("lstm", V, SIZES, MAX_W)
+    kp = math.floor(p * K + 1e-9)
+    ref = build_model("lstm", V, SIZES, MAX_W)
+    ref.load_state_dict(local.state_dict())
+    with torch.no_grad():
+        for name, t in ref.named_parameters():
+            if name == "embedding.weight":
+                continue  # dropped embed dims are cut off by zeroed weight_ih columns
+            t[~lstm_prefix_mask(t.shape, name, kp, kp, KL)] = 0.0
+    x, _ = data(6, 7, seed=4)
+    with torch.no_grad():
+        torch.testing.assert_close(od.forward(local, x, p), ref(x), atol=1e-6, rtol=0)
+        # at the client's own width it is the local model itself
+        torch.testing.assert_close(od.forward(local, x, MAX_W), local(x), atol=0, rtol=0)
+
+
+def test_ordered_cnn_gradient_zero_outside_prefix():
+    sizes = {"c1": 8, "c2": 10}
+    local = build_model("cnn", 5, sizes, 0.5)  # 4 and 5 channels
+    od = OrderedDropout("cnn", 5, sizes, 0.5)
+    x = torch.randn(6, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    y = torch.tensor([0, 1, 2, 3, 4, 0])
+    loss_fn(od.forward(local, x, 0.2), y).backward()  # 1 and 2 channels
+    g = dict(local.named_parameters())
+    assert torch.count_nonzero(g["features.0.weight"].grad[1:]) == 0
+    assert torch.count_nonzero(g["features.0.weight"].grad[:1]) > 0
+    assert torch.count_nonzero(g["features.4.weight"].grad[2:]) == 0
+    assert torch.count_nonzero(g["features.4.weight"].grad[:, 1:]) == 0
+    assert torch.count_nonzero(g["features.4.weight"].grad[:2, :1]) > 0
+    assert torch.count_nonzero(g["head.weight"].grad[:, 2 * 16:]) == 0
+    assert torch.count_nonzero(g["head.weight"].grad[:, :2 * 16]) > 0
+
+
+# ----------------------------------------------------------------------------- train loop
+
+
+def test_train_is_seeded():
+    x, y = data(24, 5, seed=7)
+    a, b, c = supernet(4), supernet(4), supernet(4)
+    la = train(a, x, y, epochs=1, batch_size=8, lr=0.1, seed=0, momentum=0.9)
+    lb = train(b, x, y, epochs=1, batch_size=8, lr=0.1, seed=0, momentum=0.9)
+    train(c, x, y, epochs=1, batch_size=8, lr=0.1, seed=1, momentum=0.9)  # other batch order
+    assert la == lb
+    for (k, pa), pb in zip(a.state_dict().items(), b.state_dict().values()):
+        assert torch.equal(pa, pb), k
+    assert any(not torch.equal(pa, pc) for pa, pc in zip(a.state_dict().values(), c.state_dict().values()))
+
+
+def test_train_learns_deterministic_sequence():
+    x = torch.arange(8).repeat(16, 1)  # every row 0 1 ... 7: the next word is deterministic
+    y = torch.roll(x, -1, dims=1)
+    y[:, -1] = IGNORE_INDEX
+    model = supernet(4)
+    before = evaluate(model, x, y)
+    loss = train(model, x, y, epochs=3, batch_size=4, lr=0.05, seed=0, optimizer="adam")
+    after = evaluate(model, x, y)
+    assert before["n"] == after["n"] == 16 * 7
+    assert after["loss"] < 0.5 * before["loss"]
+    assert loss < before["loss"]
+    assert after["accuracy"] > 0.9
+
+
+def test_train_skips_batches_without_labels():
+    x, y = data(16, 4)
+    y[:8] = IGNORE_INDEX  # with batch_size 8 and a permutation, some batches may hold no label
+    model = supernet(5)
+    loss = train(model, x, y, epochs=1, batch_size=16, lr=0.1, seed=0)
+    assert math.isfinite(loss)
+    y[:] = IGNORE_INDEX
+    snapshot = {k: v.clone() for k, v in model.state_dict().items()}
+    assert train(model, x, y, epochs=1, batch_size=4, lr=0.1, seed=0) == 0.0
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, snapshot[k])
+
+
+def test_unknown_optimizer():
+    with pytest.raises(ValueError, match="unknown optimizer"):
+        make_optimizer("lbfgs", supernet().parameters(), 0.1, 0.0)
+
+
+# ----------------------------------------------------------------------------- evaluate
+
+
+class FixedLogits(nn.Module):
+    """Returns table[x]: input tokens are row indices into a fixed logits table."""
+
+    def __init__(self, table: torch.Tensor) -> None:
+        super().__init__()
+        self.table = table
+        self.modes: list[bool] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.modes.append(self.training)
+        return self.table[x]
+
+
+TABLE = torch.tensor([
+    [4.0, 3.0, 2.0, 1.0],   # target 0: top1 hit
+    [4.0, 3.0, 2.0, 1.0],   # target 2: top1 miss, top3 hit
+    [1.0, 2.0, 3.0, 4.0],   # target 0: top3 = {3, 2, 1}, miss
+    [0.0, 5.0, 0.0, 0.0],   # ignored (would be a miss)
+    [1.0, 4.0, 3.0, 2.0],   # target 1: hit
+    [9.0, 0.0, 0.0, 0.0],   # ignored (would be a hit)
+])
+TARGETS = torch.tensor([0, 2, 0, IGNORE_INDEX, 1, IGNORE_INDEX])
+
+
+def hand_loss() -> float:
+    keep = [0, 1, 2, 4]
+    total = 0.0
+    for i in keep:
+        row = TABLE[i].tolist()
+        lse = math.log(sum(math.exp(v) for v in row))
+        total += lse - row[int(TARGETS[i])]
+    return total / len(keep)
+
+
+@pytest.mark.parametrize("batch_size", [1, 2, 4, 512])
+def test_evaluate_hand_logits(batch_size):
+    model = FixedLogits(TABLE).train()
+    r = evaluate(model, torch.arange(6), TARGETS, batch_size=batch_size)
+    assert r["n"] == 4
+    assert r["accuracy"] == pytest.approx(2 / 4)
+    assert r["top3"] == pytest.approx(3 / 4)
+    assert r["loss"] == pytest.approx(hand_loss(), rel=1e-6)
+    assert model.modes and not any(model.modes)  # evaluated in eval mode
+
+
+def test_evaluate_sequences_and_all_ignored():
+    model = FixedLogits(TABLE)
+    x = torch.arange(6).view(2, 3)  # [batch, time] -> logits [2, 3, 4]
+    r = evaluate(model, x, TARGETS.view(2, 3), batch_size=1)
+    assert (r["n"], r["accuracy"], r["top3"]) == (4, 0.5, 0.75)
+    none = evaluate(model, x, torch.full((2, 3), IGNORE_INDEX))
+    assert none == {"accuracy": 0.0, "top3": 0.0, "loss": 0.0, "n": 0}
+
+
+def test_evaluate_top3_with_fewer_than_three_classes():
+    model = FixedLogits(torch.tensor([[1.0, 0.0], [1.0, 0.0]]))
+    r = evaluate(model, torch.arange(2), torch.tensor([0, 1]))
+    assert r["accuracy"] == 0.5 and r["top3"] == 1.0
