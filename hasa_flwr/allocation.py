@@ -84,6 +84,10 @@ def scale_and_project(prelim: np.ndarray, shares: np.ndarray, budget: float, w_m
         return float(shares @ cost(np.clip(s * w, w_min, caps))) - target
 
     hi = float(caps.max() / w.min()) + 1.0
+    if gap(0.0) >= 0.0:  # budget at width-min (up to rounding): everybody at width-min
+        return np.clip(0.0 * w, w_min, caps), passes + 1
+    if gap(hi) <= 0.0:  # budget at the caps' ceiling
+        return caps.astype(np.float64), passes + 1
     s = brentq(gap, 0.0, hi, xtol=1e-15, rtol=4 * np.finfo(float).eps, maxiter=500)
     return np.clip(s * w, w_min, caps), passes + 1
 

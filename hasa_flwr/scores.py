@@ -37,7 +37,7 @@ def entropy_scores(counts: np.ndarray) -> np.ndarray:
     counts = np.asarray(counts, dtype=np.float64)
     p = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1.0)
     h = -np.sum(np.where(p > 0, p * np.log(np.where(p > 0, p, 1.0)), 0.0), axis=1)
-    return h / np.log(counts.shape[1])
+    return h / np.log(counts.shape[1]) if counts.shape[1] > 1 else np.zeros(len(counts))
 
 
 def random_scores(num_clients: int, seed: int) -> np.ndarray:

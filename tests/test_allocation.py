@@ -264,10 +264,6 @@ def test_bad_shapes_and_values():
         allocate("hasa", SC, SZ, caps=np.array([0.8, 0.8]))
 
 
-@pytest.mark.xfail(strict=True, raises=ValueError, reason=(
-    "allocation.py:86-87: budget == width-min is accepted by check_feasible, the linear passes do not "
-    "converge within MAX_PASSES, and brentq gets gap(0) = shares @ w_min - B = +1e-17 (rounding), "
-    "so both ends have the same sign -> scipy 'f(a) and f(b) must have different signs'"))
 @pytest.mark.parametrize("rule", ["hasa", "hasa-random"])
 def test_budget_exactly_width_min(rule):
     a = allocate(rule, np.arange(11.0), np.ones(11), budget=0.2, w_min=0.2)
