@@ -1,0 +1,21 @@
+"""Baselines on the image study through the real `flwr run` (issue: matched-budget baselines)."""
+
+import pytest
+from conftest import ROOT
+from test_e2e import check_results, run
+
+from hasa_flwr.launch import read_preset
+
+
+@pytest.mark.parametrize("strategy", ["fedrolex", "fjord", "hasa"])
+def test_digits_two_rounds(superlink, tmp_path, strategy):
+    preset = read_preset(ROOT / "conf" / "digits.toml")
+    caps = "0.8,0.8,0.6,0.8,0.5,0.8,0.8"
+    outcome, log = run(superlink, tmp_path, {**preset, "strategy": strategy, "num-server-rounds": 2,
+                                             "embed-dim": 8, "hidden-dim": 16, "width-cap": caps})
+    assert outcome.results is not None, log[-3000:]
+    res = check_results(outcome.results)
+    assert res["strategy"] == strategy and res["config"]["dataset"] == "digits"
+    assert [c["cap"] for c in res["clients"]] == [float(c) for c in caps.split(",")]
+    assert res["extraction"] == {"fedrolex": "rolling", "fjord": "ordered", "hasa": "prefix"}[strategy]
+    assert res["summary"]["mean"] > 0.1  # 10 classes: two rounds already beat chance
