@@ -1,0 +1,86 @@
+"""Bad input through the `hasa` command: one line, exit code 2, nothing written, no Ray started."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from conftest import ROOT
+
+from hasa_flwr.allocation import allocate
+from hasa_flwr.cli import main
+from hasa_flwr.config import STRATEGIES, settings_from_run_config
+from hasa_flwr.launch import app_defaults
+
+
+def run_args(tmp_path, *run_config):
+    args = ["run", str(ROOT)]
+    for rc in (f"results-dir='{tmp_path / 'results'}'", *run_config):
+        args += ["--run-config", rc]
+    return args
+
+
+def hasa(tmp_path, capsys, *run_config):
+    """`hasa run` in this process (fast); returns (exit code, stderr)."""
+    code = main(run_args(tmp_path, *run_config))
+    return code, capsys.readouterr().err
+
+
+def test_console_script_exit_code(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "hasa_flwr.cli", *run_args(tmp_path, "score='kl'")],
+                          capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [proc.stderr.strip()] and "unknown score 'kl'" in proc.stderr
+
+
+@pytest.mark.parametrize("override, words", [
+    ("allocation='widest'", ["unknown allocation 'widest'", "hasa-inverse"]),
+    ("score='kl'", ["unknown score 'kl'", "jsd"]),
+    ("dataset='cifar'", ["unknown dataset 'cifar'", "medium"]),
+    ("extraction='middle'", ["unknown extraction 'middle'", "rolling"]),
+    ("strategy='fedavgx'", ["unknown strategy 'fedavgx'", "fedrolex"]),
+    ("budget=0.1", ["budget 0.1 is below width-min", "raise budget"]),
+    ("budget=0.85", ["budget 0.85 exceeds", "width-cap"]),
+    ("width-cap='0.8,0.5'", ["2 caps for 7 clients"]),
+    ("dataset='medium' data-path='/nonexistent/medium.csv'", ["medium data not found", "HASA_DATA_DIR"]),
+    ("num-clients=7 colour=1", ["unknown run-config key(s) colour"]),
+])
+def test_bad_input_one_line_exit_2_no_output(tmp_path, capsys, override, words):
+    code, err = hasa(tmp_path, capsys, override)
+    assert code == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("hasa: error: "), err
+    for w in words:
+        assert w in lines[0]
+    assert not (tmp_path / "results").exists()
+
+
+def test_csv_without_publication_column(tmp_path, capsys):
+    csv = tmp_path / "medium_data.csv"
+    csv.write_text("id,title\n1,A title here\n2,Another title here\n")
+    code, err = hasa(tmp_path, capsys, f"dataset='medium' data-path='{csv}'")
+    assert code == 2
+    line = err.strip()
+    assert "\n" not in line and "publication" in line and "Medium CSV" in line
+
+
+def test_every_strategy_meets_the_same_budget_and_caps():
+    defaults = app_defaults(ROOT)
+    rng = np.random.default_rng(0)
+    sizes = rng.integers(20, 3000, 7)
+    scores = rng.uniform(size=7)
+    caps = np.array([0.8, 0.8, 0.6, 0.8, 0.5, 0.8, 0.8])
+    for name in STRATEGIES:
+        s = settings_from_run_config({**defaults, "strategy": name})
+        a = allocate(s.allocation, scores, sizes, budget=s.budget, w_min=s.width_min, w_max=s.width_max,
+                     caps=caps, seed=s.seed)
+        assert abs(float(sizes @ a.widths) / sizes.sum() - s.budget) <= 1e-6, name
+        assert (a.widths <= caps + 1e-12).all() and (a.widths >= s.width_min - 1e-12).all(), name
+
+
+def test_strategy_axes_can_be_combined():
+    defaults = app_defaults(ROOT)
+    s = settings_from_run_config({**defaults, "strategy": "hasa", "extraction": "rolling"})
+    assert (s.allocation, s.extraction) == ("hasa", "rolling")
+    s = settings_from_run_config({**defaults, "strategy": "fedrolex"})
+    assert (s.allocation, s.extraction) == ("uniform", "rolling")
