@@ -68,7 +68,8 @@ def ask(grid: Grid, contents: dict[int, RecordDict], message_type: str, timeout:
     replies = {m.metadata.src_node_id: m for m in grid.send_and_receive(messages, timeout=timeout)}
     for node in contents:
         if node not in replies:
-            raise FederationError(f"node {node} did not answer the {message_type} round within {timeout:g}s")
+            raise FederationError(f"node {node} gave no reply to {message_type} within {timeout:g}s: check that its "
+                                  "SuperNode is running and can reach the SuperLink")
         if replies[node].has_error():
             reason = replies[node].error.reason.strip().splitlines()
             raise FederationError(f"node {node} failed in {message_type}: {reason[-1] if reason else 'unknown error'}")
@@ -121,10 +122,12 @@ class HasaStrategy(Strategy):
         self.extraction, self.aggregation = extraction, aggregation
         self.seed, self.num_rounds = seed, num_rounds
         self.sent: dict[int, Indices] = {}
+        self.outbox: list[tuple[int, Message]] = []  # (node, message) of the current phase
         self.state: dict[str, torch.Tensor] = {}
         self.history: list[dict[str, float]] = []
         self.rejected: list[dict[str, object]] = []
         self._round_start = 0.0
+        self.phase = "train"
         self._train_loss = math.nan
 
     def summary(self) -> None:
@@ -135,6 +138,7 @@ class HasaStrategy(Strategy):
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
         self._round_start = time.perf_counter()
+        self.phase = "train"
         self.state = arrays.to_torch_state_dict()
         messages = []
         for node, c in self.clients.items():
@@ -147,24 +151,42 @@ class HasaStrategy(Strategy):
             sub = ArrayRecord(extract(self.state, self.spec, idx, self.sizes))
             messages.append(Message(RecordDict({"arrays": sub, "config": cfg}), dst_node_id=node,
                                     message_type="train"))
+        self.outbox = list(zip(self.clients, messages))
         return messages
 
+    def by_node(self, server_round: int, replies: Iterable[Message]) -> dict[int, Message]:
+        """Replies keyed by the node they answer for; logs nodes that failed or gave no reply.
+
+        A lost node is answered for by the SuperLink itself ("Node Unavailable", from another
+        sender id), so replies are matched to the sent messages by reply-to id, not by sender.
+        """
+        node_of = {m.metadata.message_id: node for node, m in self.outbox if m.metadata.message_id}
+        got: dict[int, Message] = {}
+        for msg in replies:
+            node = node_of.get(msg.metadata.reply_to_message_id, msg.metadata.src_node_id)
+            if node not in self.clients:
+                log(WARNING, "round %d: ignoring a reply from unknown node %d", server_round, node)
+            elif msg.has_error():
+                self.reject(server_round, node, f"client error: {msg.error.reason.strip()[-300:]}")
+            else:
+                got[node] = msg
+        failed = {r["node"] for r in self.rejected if (r["round"], r["phase"]) == (server_round, self.phase)}
+        for node, _ in self.outbox:
+            if node not in got and node not in failed:
+                self.reject(server_round, node, "no reply before round-timeout")
+        return got
+
     def reject(self, server_round: int, node: int, reason: str) -> None:
-        log(WARNING, "round %d: update from node %d rejected: %s", server_round, node, reason)
-        pid = self.clients[node].partition_id if node in self.clients else -1
-        self.rejected.append({"round": server_round, "partition_id": pid, "reason": reason})
+        c = self.clients[node]
+        log(WARNING, "round %d: no %s result from client %d (%s, node %d): %s", server_round, self.phase,
+            c.partition_id, c.name, node, reason)
+        self.rejected.append({"round": server_round, "phase": self.phase, "partition_id": c.partition_id,
+                              "node": node, "reason": reason})
 
     def aggregate_train(self, server_round: int,
                         replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
         updates, losses = [], []
-        for msg in replies:
-            node = msg.metadata.src_node_id
-            if msg.has_error():
-                self.reject(server_round, node, f"client error: {msg.error.reason.strip()[-300:]}")
-                continue
-            if node not in self.sent:
-                self.reject(server_round, node, "reply from a node that was not sent a subnet")
-                continue
+        for node, msg in self.by_node(server_round, replies).items():
             try:
                 metrics = msg.content["metrics"]
                 update = Update(self.sent[node], msg.content["arrays"].to_torch_state_dict(),
@@ -186,21 +208,20 @@ class HasaStrategy(Strategy):
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                            grid: Grid) -> Iterable[Message]:
         final = server_round == self.num_rounds
-        return [Message(RecordDict({"arrays": arrays, "config": ConfigRecord(
-                    {**dict(config), "server-round": server_round, "width": c.width, "full-width": final})}),
-                        dst_node_id=node, message_type="evaluate")
-                for node, c in self.clients.items()]
+        self.phase = "evaluate"
+        self.outbox = [(node, Message(RecordDict({"arrays": arrays, "config": ConfigRecord(
+                            {**dict(config), "server-round": server_round, "width": c.width, "full-width": final})}),
+                            dst_node_id=node, message_type="evaluate")) for node, c in self.clients.items()]
+        return [m for _, m in self.outbox]
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+        got = self.by_node(server_round, replies)
         accs = []
-        for msg in replies:
-            node = msg.metadata.src_node_id
-            if msg.has_error() or node not in self.clients:
-                log(WARNING, "round %d: no evaluation from node %d", server_round, node)
-                continue
-            metrics = {k: float(v) for k, v in msg.content["metrics"].items()}
-            self.clients[node].metrics = metrics
-            accs.append(metrics["accuracy"])
+        for node, c in self.clients.items():
+            # a client that misses an evaluation has no current accuracy: never report a stale one
+            c.metrics = {k: float(v) for k, v in got[node].content["metrics"].items()} if node in got else {}
+            if c.metrics:
+                accs.append(c.metrics["accuracy"])
         if not accs:
             return None
         row = {"round": server_round, "train_loss": self._train_loss, "mean": float(np.mean(accs)),

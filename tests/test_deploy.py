@@ -1,0 +1,140 @@
+"""End to end in deployment mode: a real SuperLink and 3 SuperNodes on 127.0.0.1, the real
+`flwr run <app> <connection> --stream`, devices with different compute caps (node config
+`max-width`). Every process is started by tests/deploy_procs.py and stopped by PID, also on failure.
+
+Slow on purpose (each message starts a fresh `flwr-clientapp` process that imports torch):
+about 2-3 minutes per test on a 2-core machine. See docs/DEPLOYMENT.md.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import threading
+import time
+
+import httpx
+import pytest
+from conftest import ROOT
+from deploy_procs import BIN, _start, deployment, free_ports, make_node_keys, pids_with_env, run_app
+from flower_procs import alive
+
+CAPS = (0.8, 0.5, 0.3)          # one device per cap: the widest, a mid-range and a weak one
+BUDGET = 0.4
+RUN = {"num-clients": 3, "num-server-rounds": 2, "strategy": "hasa", "embed-dim": 16, "hidden-dim": 32,
+       "budget": BUDGET, "width-cap": "0.8", "wait-seconds": 90.0, "round-timeout": 300.0}
+RUN_TIMEOUT = 900.0             # the whole `flwr run`; never hang CI
+
+
+def node_configs(caps=CAPS) -> list[dict]:
+    return [{"partition-id": i, "num-partitions": len(caps), "max-width": cap, "threads": 1}
+            for i, cap in enumerate(caps)]
+
+
+def run(dep, tmp_path, overrides=None, on_line=None):
+    log_path = tmp_path / "flwr.log"
+    with log_path.open("w") as log:
+        outcome = run_app(dep, ROOT, {**RUN, "results-dir": str(tmp_path / "results"), **(overrides or {})},
+                          log=log, timeout=RUN_TIMEOUT, on_line=on_line)
+    return outcome, log_path.read_text()
+
+
+def check_results(path, caps=CAPS, rounds=2) -> dict:
+    res = json.loads(path.read_text())
+    assert res["strategy"] == "hasa" and res["config"]["num_clients"] == len(caps)
+    clients = res["clients"]
+    assert [c["partition_id"] for c in clients] == list(range(len(caps)))
+    cfg = res["config"]
+    for c, cap in zip(clients, caps):
+        assert c["cap"] == pytest.approx(cap), "the SuperNode's max-width must be the client's cap"
+        assert cfg["width_min"] - 1e-12 <= c["width"] <= cap + 1e-12, c
+        assert c["n_train"] > 0 and c["n_test"] > 0
+    n = [c["n_train"] for c in clients]
+    used = sum(ni * c["width"] for ni, c in zip(n, clients)) / sum(n)
+    b = res["budget"]
+    assert b["B"] == pytest.approx(BUDGET)
+    assert abs(used - b["B"]) <= 1e-6 and abs(b["used"] - b["B"]) <= 1e-6
+    assert [h["round"] for h in res["history"]] == list(range(1, rounds + 1))
+    assert all(h["seconds"] > 0 for h in res["history"])
+    # the weakest device is held at its cap: without it HASA would give it more (it ranks above client 0)
+    assert clients[-1]["width"] == pytest.approx(caps[-1])
+    return res
+
+
+def assert_all_stopped(marker: str) -> None:
+    left = [p for p in pids_with_env(marker) if alive(p)]
+    assert not left, f"processes left running: {left}"
+
+
+def test_deploy_insecure_mixed_caps(tmp_path):
+    with deployment(node_configs()) as dep:
+        marker = dep.marker
+        outcome, log = run(dep, tmp_path)
+        assert outcome.results is not None, f"{outcome}\n{log[-3000:]}\n{dep.logs()}"
+        res = check_results(outcome.results)
+        assert res["rejected_updates"] == []
+        assert all(c["accuracy"] is not None and c["full_width_accuracy"] is not None for c in res["clients"])
+        assert "round 2: mean accuracy" in log and "(3 clients)" in log
+    assert_all_stopped(marker)
+
+
+def test_deploy_tls_mixed_caps(tmp_path):
+    """TLS (own CA, server certificate for 127.0.0.1/localhost) and SuperNode authentication
+    (`--enable-supernode-auth`, keys registered with `flwr supernode register`)."""
+    with deployment(node_configs(), tls=True, auth=True) as dep:
+        marker = dep.marker
+        # the SuperLink speaks HTTPS only
+        with pytest.raises(httpx.HTTPError):
+            httpx.get(f"http://{dep.address}/health", timeout=5.0, trust_env=False)
+        # a device whose key was never registered is refused and exits
+        private, _ = make_node_keys(dep.home / "keys", "rogue")
+        port, = free_ports(1)
+        rogue_log = dep.home / "rogue.log"
+        rogue = _start([str(BIN / "flower-supernode"), "--superlink", dep.address, "--port", str(port),
+                        "--root-certificates", str(dep.tls.ca_cert), "--auth-supernode-private-key", str(private),
+                        "--node-config", "partition-id=0 num-partitions=3"], dep.env, rogue_log)
+        dep.started.append(rogue.pid)
+        try:
+            rogue.wait(timeout=90)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"an unregistered SuperNode was not refused:\n{rogue_log.read_text()[-2000:]}")
+        assert rogue.returncode != 0 and "Failed to activate SuperNode" in rogue_log.read_text()
+
+        outcome, log = run(dep, tmp_path)
+        assert outcome.results is not None, f"{outcome}\n{log[-3000:]}\n{dep.logs()}"
+        res = check_results(outcome.results)
+        assert res["rejected_updates"] == []
+        assert "(3 clients)" in log
+    assert_all_stopped(marker)
+
+
+def test_deploy_node_drop_out(tmp_path):
+    """A device loses power as round 1 starts (SIGKILL to its SuperNode and ClientApp). Once it has
+    missed its heartbeats (2 x 30 s) the SuperLink answers for it with "Node Unavailable"; the
+    strategy logs the lost update and finishes every round with the other devices. Later rounds
+    get that answer at once. The allocation (made in the query round, with all 3) is kept."""
+    with deployment(node_configs()) as dep:
+        marker = dep.marker
+        killed: list[float] = []
+
+        def on_line(line: str) -> None:
+            if "[ROUND 1/" in line and not killed:
+                killed.append(time.monotonic())
+                threading.Thread(target=dep.kill_node, args=(2, signal.SIGKILL), daemon=True).start()
+
+        outcome, log = run(dep, tmp_path, on_line=on_line)
+        assert killed, f"round 1 never started:\n{log[-3000:]}"
+        assert outcome.results is not None, f"{outcome}\n{log[-3000:]}\n{dep.logs()}"
+        res = json.loads(outcome.results.read_text())
+        assert [h["round"] for h in res["history"]] == [1, 2]
+        lost = {(r["round"], r["phase"]): r for r in res["rejected_updates"]}
+        assert {1, 2} == {rnd for rnd, phase in lost if phase == "train"}, lost
+        assert all(r["partition_id"] == 2 and "Node Unavailable" in r["reason"] for r in lost.values()), lost
+        assert "round 1: mean accuracy" in log and "round 2: mean accuracy" in log
+        assert log.count("(2 clients)") >= 2 and "no evaluate result from client 2" in log
+        dropped = res["clients"][2]
+        assert dropped["accuracy"] is None and dropped["full_width_accuracy"] is None
+        assert all(c["accuracy"] is not None for c in res["clients"][:2])
+        assert abs(res["budget"]["used"] - BUDGET) <= 1e-6
+    assert_all_stopped(marker)
