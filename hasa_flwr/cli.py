@@ -8,6 +8,7 @@ from pathlib import Path
 
 from .data import DataError
 from .launch import app_defaults, flwr_run, merge_config, preflight, read_preset
+from .sweep import RunFailed, SweepError
 
 
 def parse_overrides(items: list[str]) -> dict:
@@ -35,8 +36,85 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from .sweep import parse_seeds, parse_sets, parse_strategies, sweep
+
+    outcome = sweep(Path(args.app), Path(args.out), preset=args.preset, strategies=parse_strategies(args.strategies),
+                    seeds=parse_seeds(args.seeds), sets=parse_sets(args.set), federation_config=args.federation_config,
+                    keep_going=args.keep_going, progress=not args.no_progress)
+    print(f"sweep: {len(outcome.done)} run(s) done, {len(outcome.skipped)} skipped (already finished), "
+          f"{len(outcome.failed)} failed; results in {Path(args.out).absolute()}")
+    for key, why in outcome.failed:
+        print(f"hasa: error: {key} failed: {why}", file=sys.stderr)
+    if not outcome.failed:
+        print(f"next: hasa report {args.out}")
+    return 1 if outcome.failed else 0
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from .report import write_calibration
+    from .sweep import calibrate, parse_seeds, parse_sets
+
+    outcome = calibrate(Path(args.app), Path(args.out), preset=args.preset, seeds=parse_seeds(args.seeds),
+                        sets=parse_sets(args.set), federation_config=args.federation_config,
+                        keep_going=args.keep_going, progress=not args.no_progress)
+    for key, why in outcome.failed:
+        print(f"hasa: error: {key} failed: {why}", file=sys.stderr)
+    if outcome.failed:
+        return 1
+    from .report import calibration_markdown
+
+    calib = write_calibration(Path(args.out))
+    print(calibration_markdown(calib))
+    print(f"wrote {Path(args.out) / 'calibration.json'}, calibration.md and score_vs_need.png")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .report import write_report
+
+    paths = write_report(Path(args.folder), calibration=Path(args.calibration) if args.calibration else None,
+                         out=Path(args.out) if args.out else None)
+    print(paths["summary.md"].read_text())
+    print("wrote " + ", ".join(str(p) for p in paths.values()))
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from .bench import overhead
+    from .sweep import parse_sets
+
+    overhead(Path(args.app), preset=args.preset, rounds=args.rounds, sets=parse_sets(args.set),
+             num_cpus=args.num_cpus, plain_threads=args.plain_threads, repeat=args.repeat,
+             keep=Path(args.keep) if args.keep else None)
+    return 0
+
+
+def add_run_options(p: argparse.ArgumentParser, default_seeds: str) -> None:
+    p.add_argument("--preset", metavar="FILE.toml", help="run-config preset, e.g. conf/medium.toml "
+                   "(default: the app's pyproject defaults)")
+    p.add_argument("--seeds", default=default_seeds, help=f"seeds: 0-9, 0,1,2 or 0-2,7 (default: {default_seeds})")
+    p.add_argument("--out", required=True, help="output folder; re-running the same command resumes it")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="run-config override on top of the preset (repeatable; TOML values)")
+    p.add_argument("--app", default=".", help="the hasa-flwr app folder (default: .)")
+    p.add_argument("--federation-config", default="",
+                   help="passed to flwr run (default: num-supernodes=<num-clients>)")
+    p.add_argument("--keep-going", action="store_true",
+                   help="after a failed run, go on with the others (default: stop at the first failure)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+class Parser(argparse.ArgumentParser):
+    """Usage errors as one line, like every other error of the command."""
+
+    def error(self, message: str):
+        print(f"hasa: error: {message} (see {self.prog} --help)", file=sys.stderr)
+        sys.exit(2)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="hasa", description=__doc__)
+    parser = Parser(prog="hasa", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="check the run config, then `flwr run` it in simulation")
     run.add_argument("app", nargs="?", default=".", help="the hasa-flwr app folder (default: .)")
@@ -45,6 +123,47 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--federation-config", default="",
                      help="passed to flwr run (default: num-supernodes=<num-clients>)")
     run.set_defaults(func=cmd_run)
+
+    from .config import STRATEGIES
+
+    sw = sub.add_parser("sweep", help="a preset over strategies x seeds, one `flwr run` each (resumable)",
+                        description="Runs <out>/<strategy>/seed-<k>/results.json sequentially through the Flower "
+                                    "simulation engine; finished runs are skipped, so re-running resumes.")
+    sw.add_argument("--strategies", default=",".join(STRATEGIES),
+                    help=f"comma-separated (default: all: {','.join(STRATEGIES)})")
+    add_run_options(sw, "0-9")
+    sw.set_defaults(func=cmd_sweep)
+
+    cal = sub.add_parser("calibrate", help="score validity: uniform runs at width 1.0 and at width B, then "
+                         "Spearman(score, need for width)",
+                         description="Runs <out>/width-1.0/seed-<k> and <out>/width-<B>/seed-<k>, then writes "
+                                     "calibration.json, calibration.md and score_vs_need.png.")
+    add_run_options(cal, "0-2")
+    cal.set_defaults(func=cmd_calibrate)
+
+    rep = sub.add_parser("report", help="summary.json, summary.md and PNG plots from a sweep folder")
+    rep.add_argument("folder", help="the --out folder of `hasa sweep`")
+    rep.add_argument("--calibration", metavar="DIR", help="a `hasa calibrate` folder (adds score_vs_need.png)")
+    rep.add_argument("--out", help="where to write (default: the sweep folder)")
+    rep.set_defaults(func=cmd_report)
+
+    bench = sub.add_parser("bench", help="performance benchmarks")
+    bsub = bench.add_subparsers(dest="bench", required=True)
+    ov = bsub.add_parser("overhead", help="Flower simulation round time / the same work in a plain PyTorch loop")
+    ov.add_argument("--preset", metavar="FILE.toml", help="run-config preset (e.g. conf/medium.toml)")
+    ov.add_argument("--rounds", type=int, default=2,
+                    help="rounds; round 1 is warm-up and excluded if > 1; with >= 3 the final round (which adds "
+                         "a full-width evaluation) is excluded from the comparison too (default 2)")
+    ov.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="run-config override")
+    ov.add_argument("--num-cpus", type=int, default=None,
+                    help="client-resources-num-cpus for Flower = torch threads of the plain loop (default 2)")
+    ov.add_argument("--plain-threads", type=int, default=None,
+                    help="torch threads of the plain loop (default: --num-cpus, what Ray gives each actor)")
+    ov.add_argument("--repeat", type=int, default=1,
+                    help="run the plain loop this many times and keep its fastest round (default 1)")
+    ov.add_argument("--keep", metavar="DIR", help="keep the flwr log, results.json and overhead.json here")
+    ov.add_argument("--app", default=".", help="the hasa-flwr app folder (default: .)")
+    ov.set_defaults(func=cmd_bench)
     return parser
 
 
@@ -52,9 +171,15 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, DataError, FileNotFoundError) as err:
+    except RunFailed as err:
+        print(f"hasa: error: {err}", file=sys.stderr)
+        return 1
+    except (ValueError, DataError, FileNotFoundError, SweepError) as err:
         print(f"hasa: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("hasa: interrupted; re-run the same command to resume", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -1,0 +1,447 @@
+"""Sweeps: one preset over strategies x seeds, every run through the Flower simulation engine.
+
+Layout: ``<out>/<name>/seed-<k>/results.json`` (+ ``flwr.log`` next to it) and ``<out>/sweep.json``
+(command lines, hardware, per-run wall times). A sweep is resumable: a run whose results.json exists
+is skipped, provided its recorded config matches what would be run now; otherwise it is an error
+(mixing configs in one folder would silently corrupt the paired statistics).
+
+Runs are sequential (a simulation already uses every core). A failed run stops the sweep with its
+error line unless ``keep_going`` is set, in which case the failures are listed at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+import tomllib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from .config import STRATEGIES, settings_from_run_config
+from .launch import FLWR_ENV, RUN_ID, RunOutcome, app_defaults, flwr_run, merge_config, preflight, read_preset
+
+# Settings fields that do not change what a run computes: ignored when checking a finished run.
+OPERATIONAL = ("results_dir", "data_path", "wait_seconds", "round_timeout")
+ROUND_LINE = re.compile(r"round (\d+): mean accuracy ([0-9.]+)")
+
+
+class SweepError(RuntimeError):
+    """A sweep cannot go on; the message says why and what to do."""
+
+
+class RunFailed(SweepError):
+    """A Flower run ended without results.json (its error line is in the message)."""
+
+
+Runner = Callable[..., RunOutcome]
+
+
+@dataclass(frozen=True)
+class Job:
+    """One run: a folder name (strategy or calibration variant), a seed and its own overrides."""
+
+    name: str
+    seed: int
+    overrides: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
+
+    @property
+    def key(self) -> str:
+        return f"{self.name}/seed-{self.seed}"
+
+
+@dataclass
+class SweepOutcome:
+    done: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    failed: list[tuple[str, str]] = field(default_factory=list)   # (key, error line)
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+# ----------------------------------------------------------------------------- parsing helpers
+
+
+def parse_seeds(text: str) -> list[int]:
+    """'0-9', '3', '0,2,5' or '0-2,7' -> sorted unique seeds."""
+    seeds: set[int] = set()
+    for part in str(text).replace(" ", "").split(","):
+        if not part:
+            continue
+        m = re.fullmatch(r"(\d+)(?:-(\d+))?", part)
+        if not m:
+            raise ValueError(f"seeds '{text}' not understood: use e.g. 0-9, 0,1,2 or 0-2,7")
+        lo, hi = int(m.group(1)), int(m.group(2) or m.group(1))
+        if hi < lo:
+            raise ValueError(f"seed range '{part}' is empty: write it low-high, e.g. 0-9")
+        seeds.update(range(lo, hi + 1))
+    if not seeds:
+        raise ValueError("no seeds given: use e.g. --seeds 0-9")
+    return sorted(seeds)
+
+
+def parse_strategies(text: str | None) -> list[str]:
+    """Comma-separated strategy names (default: every preset in config.STRATEGIES)."""
+    if not text:
+        return list(STRATEGIES)
+    names = [s for s in str(text).replace(" ", "").split(",") if s]
+    for s in names:
+        if s not in STRATEGIES:
+            raise ValueError(f"unknown strategy '{s}': choose from {', '.join(STRATEGIES)}")
+    if len(set(names)) != len(names):
+        raise ValueError(f"strategy listed twice in '{text}'")
+    return names
+
+
+def parse_sets(items: list[str]) -> dict[str, Any]:
+    """``--set k=v`` pairs with TOML values; a value that is not valid TOML is taken as a string
+    (``--set score=loss`` = ``--set 'score="loss"'``)."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ValueError(f"--set '{item}' is not key=value")
+        try:
+            out[key] = tomllib.loads(f"v = {value.strip()}")["v"]
+        except tomllib.TOMLDecodeError:
+            out[key] = value.strip()
+        if not isinstance(out[key], (bool, int, float, str)):
+            raise ValueError(f"--set {key}: only bool, int, float and string values are allowed, got {value!r}")
+    return out
+
+
+# ----------------------------------------------------------------------------- configs
+
+
+def base_config(app: Path, preset: str | None, sets: dict[str, Any]) -> dict[str, Any]:
+    """App defaults <- preset <- --set, with a Medium data path pinned to an absolute file.
+
+    The path is pinned because a reused local SuperLink keeps the environment it was started
+    with: a later HASA_DATA_DIR would not reach the ClientApps.
+    """
+    overrides = {**(read_preset(preset) if preset else {}), **sets}
+    defaults = app_defaults(app)
+    config = merge_config(defaults, overrides)
+    for key, value in overrides.items():  # 1 -> 1.0 where the app declares a float
+        if isinstance(defaults[key], float) and isinstance(value, int) and not isinstance(value, bool):
+            config[key] = float(value)
+    if config["dataset"] == "medium":
+        from .data import resolve_medium_path
+
+        config["data-path"] = str(resolve_medium_path(str(config["data-path"])).absolute())
+    return config
+
+
+def job_config(base: dict[str, Any], job: Job) -> dict[str, Any]:
+    config = merge_config(base, {**job.overrides, "seed": job.seed})
+    return config
+
+
+def comparable(settings: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in settings.items() if k not in OPERATIONAL}
+
+
+def config_difference(recorded: dict[str, Any], expected: dict[str, Any]) -> list[str]:
+    """Human-readable differences between a recorded results.json config and the planned one."""
+    rec, exp = comparable(recorded), comparable(expected)
+    diffs = []
+    for key in sorted(set(rec) | set(exp)):
+        a, b = rec.get(key, "<missing>"), exp.get(key, "<missing>")
+        if isinstance(a, list):
+            a = tuple(a)
+        if isinstance(b, list):
+            b = tuple(b)
+        if a != b:
+            diffs.append(f"{key}: recorded {a!r}, now {b!r}")
+    return diffs
+
+
+def existing_result(run_dir: Path, expected: dict[str, Any]) -> bool:
+    """True if ``run_dir`` holds a finished run with the expected config; SweepError if it holds a
+    different one (the folder belongs to another sweep)."""
+    path = run_dir / "results.json"
+    if not path.is_file():
+        return False
+    try:
+        recorded = json.loads(path.read_text())["config"]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise SweepError(f"{path} is unreadable ({type(err).__name__}): delete it to re-run that run") from err
+    diffs = config_difference(recorded, expected)
+    if diffs:
+        shown = "; ".join(diffs[:3]) + (f"; and {len(diffs) - 3} more" if len(diffs) > 3 else "")
+        raise SweepError(f"{path} was made with a different config ({shown}): use a new --out folder, or the "
+                         "same preset and --set values as before")
+    return True
+
+
+def strategy_jobs(strategies: list[str], seeds: list[int]) -> list[Job]:
+    """Seed-major order, so an interrupted sweep has complete seeds for every strategy."""
+    return [Job(s, k, {"strategy": s}) for k in seeds for s in strategies]
+
+
+# ----------------------------------------------------------------------------- provenance
+
+
+def hardware() -> dict[str, Any]:
+    import torch
+
+    try:
+        import flwr
+
+        flwr_version = flwr.__version__
+    except ImportError:  # pragma: no cover
+        flwr_version = None
+    model = None
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+            "cpu_model": model,
+            "machine": platform.machine(), "cpu_count": os.cpu_count(), "torch_device": "cpu",
+            "torch_threads": torch.get_num_threads(), "python": platform.python_version(),
+            "torch": torch.__version__, "flwr": flwr_version}
+
+
+def command_line(argv: list[str] | None = None) -> str:
+    argv = sys.argv if argv is None else argv
+    return shlex.join(["hasa", *argv[1:]] if argv and Path(argv[0]).name in ("hasa", "cli.py") else argv)
+
+
+def write_json(path: Path, payload: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(payload, indent=1) + "\n")
+    os.replace(tmp, path)
+
+
+def update_manifest(out: Path, meta: dict[str, Any], command: str) -> dict[str, Any]:
+    """sweep.json: the first invocation's settings, every invocation's command line and hardware."""
+    path = out / "sweep.json"
+    manifest = json.loads(path.read_text()) if path.is_file() else {}
+    for key, value in meta.items():
+        if key == "strategies":  # a resumed or extended sweep: the union, first-seen order
+            manifest[key] = list(dict.fromkeys([*manifest.get(key, []), *value]))
+        elif key == "seeds":
+            manifest[key] = sorted(set(manifest.get(key, [])) | set(value))
+        else:
+            manifest.setdefault(key, value)
+    manifest["command"] = command
+    manifest["hardware"] = hardware()
+    manifest.setdefault("invocations", []).append(
+        {"command": command, "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+         "overrides": meta.get("overrides"), "hardware": manifest["hardware"]})
+    manifest.setdefault("runs", {})
+    write_json(path, manifest)
+    return manifest
+
+
+# ----------------------------------------------------------------------------- running
+
+
+class LogTee:
+    """File-like: writes the flwr output to a log file, reports round progress lines and
+    remembers the run id (to stop the run if the sweep is interrupted)."""
+
+    def __init__(self, path: Path, on_round: Callable[[int, float], None] | None = None) -> None:
+        self.file = path.open("w")
+        self.on_round = on_round
+        self.run_id: int | None = None
+
+    def write(self, text: str) -> int:
+        if self.run_id is None and (m := RUN_ID.search(text)):
+            self.run_id = int(m.group(1))
+        if self.on_round is not None and (m := ROUND_LINE.search(text)):
+            self.on_round(int(m.group(1)), float(m.group(2)))
+        return self.file.write(text)
+
+    def flush(self) -> None:
+        self.file.flush()
+
+    def close(self) -> None:
+        self.file.close()
+
+
+class FlwrRunner:
+    """``launch.flwr_run`` on one app; ``stop`` asks the SuperLink to stop a run (`flwr stop`)."""
+
+    def __init__(self, app: Path, env: dict[str, str] | None = None, timeout: float | None = None) -> None:
+        self.app, self.env, self.timeout = Path(app), env, timeout
+
+    def __call__(self, config: dict[str, Any], **kw: Any) -> RunOutcome:
+        return flwr_run(self.app, config, env=self.env, timeout=self.timeout, **kw)
+
+    def stop(self, run_id: int) -> None:
+        env = {**FLWR_ENV, **os.environ, **(self.env or {})}
+        env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+        try:
+            subprocess.run(["flwr", "stop", str(run_id)], env=env, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL, timeout=60, check=False)
+        except (OSError, subprocess.TimeoutExpired):
+            pass
+
+
+def default_runner(app: Path, env: dict[str, str] | None = None, timeout: float | None = None) -> Runner:
+    return FlwrRunner(app, env, timeout)
+
+
+def with_supernodes(federation_config: str, num_clients: int) -> str:
+    """``num-supernodes`` must equal num-clients; add it when only resources were given."""
+    if "num-supernodes" in federation_config:
+        return federation_config
+    return f"num-supernodes={num_clients} {federation_config}".strip()
+
+
+def run_jobs(out: Path, base: dict[str, Any], jobs: list[Job], runner: Runner, *, federation_config: str = "",
+             keep_going: bool = False, progress: bool = True, meta: dict[str, Any] | None = None,
+             command: str | None = None, check: bool = True) -> SweepOutcome:
+    """Run every job not already finished in ``out``; see the module docstring."""
+    out = Path(out).absolute()
+    configs = {job.key: job_config(base, job) for job in jobs}
+    expected = {}
+    for job in jobs:  # every name and value is validated before anything starts
+        expected[job.key] = settings_from_run_config({**configs[job.key], "results-dir": ""}).to_dict()
+    outcome = SweepOutcome()
+    pending = []
+    for job in jobs:
+        if existing_result(out / job.name / f"seed-{job.seed}", expected[job.key]):
+            outcome.skipped.append(job.key)
+        else:
+            pending.append(job)
+    if pending and check:
+        preflight({**configs[pending[0].key], "results-dir": str(out)})  # data + budget, in a second
+    manifest = update_manifest(out, meta or {}, command or command_line())
+
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(jobs), initial=len(outcome.skipped), unit="run", smoothing=0, file=sys.stderr,
+                   dynamic_ncols=True, desc="sweep")
+    say = bar.write if bar is not None else (lambda s: print(s, file=sys.stderr))
+    if outcome.skipped:
+        say(f"{len(outcome.skipped)} of {len(jobs)} runs already finished in {out}: skipped")
+    try:
+        for job in pending:
+            run_dir = out / job.name / f"seed-{job.seed}"
+            tmp = run_dir / ".flwr-results"
+            shutil.rmtree(tmp, ignore_errors=True)
+            run_dir.mkdir(parents=True, exist_ok=True)
+            config = {**configs[job.key], "results-dir": str(tmp)}
+            settings = settings_from_run_config(config)
+            if bar is not None:
+                bar.set_postfix_str(f"{job.key} starting")
+
+            def on_round(r: int, acc: float, key: str = job.key, total: int = settings.num_rounds) -> None:
+                if bar is not None:
+                    bar.set_postfix_str(f"{key} round {r}/{total} mean {acc:.4f}")
+
+            log = LogTee(run_dir / "flwr.log", on_round)
+            start = time.perf_counter()
+            try:
+                result = runner(config, num_supernodes=settings.num_clients,
+                                federation_config=with_supernodes(federation_config, settings.num_clients), log=log)
+            except KeyboardInterrupt:
+                if log.run_id is not None and hasattr(runner, "stop"):
+                    say(f"interrupted: stopping Flower run {log.run_id} ({job.key})")
+                    runner.stop(log.run_id)  # else the simulation would go on in the SuperLink
+                raise
+            finally:
+                log.close()
+            seconds = time.perf_counter() - start
+            outcome.seconds[job.key] = seconds
+            res = json.loads(result.results.read_text()) if result.results is not None else None
+            if res is not None and not res.get("summary"):  # no client evaluated: useless for the statistics
+                result = RunOutcome(result.run_id, None, "results.json has no evaluated client", result.returncode)
+            if result.results is None:
+                why = result.error or f"flwr run exited with code {result.returncode} and wrote no results.json"
+                outcome.failed.append((job.key, why))
+                manifest["runs"][job.key] = {"status": "failed", "seconds": round(seconds, 2), "error": why,
+                                             "run_id": result.run_id}
+                write_json(out / "sweep.json", manifest)
+                shutil.rmtree(tmp, ignore_errors=True)
+                msg = f"{job.key} failed: {why} (log: {run_dir / 'flwr.log'})"
+                if not keep_going:
+                    raise RunFailed(msg + "; fix it and re-run the same command to resume")
+                say(msg)
+                if bar is not None:
+                    bar.update(1)
+                continue
+            os.replace(result.results, run_dir / "results.json")
+            os.chmod(run_dir / "results.json", 0o644)  # the ServerApp's temp file was 0600
+            shutil.rmtree(tmp, ignore_errors=True)
+            summary = res["summary"]
+            manifest["runs"][job.key] = {"status": "done", "seconds": round(seconds, 2), "run_id": result.run_id,
+                                         "round_seconds": [round(h["seconds"], 3) for h in res.get("history", [])]}
+            write_json(out / "sweep.json", manifest)
+            outcome.done.append(job.key)
+            say(f"{job.key}: mean {summary['mean']:.4f} worst {summary['worst']:.4f} tail {summary['tail']:.4f} "
+                f"({seconds:.0f} s)")
+            if bar is not None:
+                bar.update(1)
+    finally:
+        if bar is not None:
+            bar.close()
+    return outcome
+
+
+def sweep(app: Path, out: Path, *, preset: str | None, strategies: list[str], seeds: list[int],
+          sets: dict[str, Any], runner: Runner | None = None, env: dict[str, str] | None = None,
+          federation_config: str = "", keep_going: bool = False, progress: bool = True,
+          command: str | None = None) -> SweepOutcome:
+    """`hasa sweep`: the preset over strategies x seeds into ``out``."""
+    app = Path(app).absolute()
+    base = base_config(app, preset, sets)
+    meta = {"kind": "sweep", "preset": str(preset) if preset else None,
+            "preset_config": read_preset(preset) if preset else {}, "overrides": sets, "app": str(app),
+            "federation_config": federation_config or f"num-supernodes={base['num-clients']}",
+            "strategies": strategies, "seeds": seeds}
+    return run_jobs(out, base, strategy_jobs(strategies, seeds), runner or default_runner(app, env),
+                    federation_config=federation_config, keep_going=keep_going, progress=progress, meta=meta,
+                    command=command)
+
+
+# ----------------------------------------------------------------------------- calibration
+
+
+def calibration_jobs(budget: float, seeds: list[int]) -> list[Job]:
+    """Two `uniform` runs per seed: every client at width 1.0, and every client at width B.
+
+    The width-1.0 run lifts the caps and width-max to 1 and spends budget 1, which the uniform
+    rule turns into width 1 for everybody (check_feasible accepts it: caps = 1 cover the budget).
+    """
+    full = {"strategy": "uniform", "allocation": "uniform", "extraction": "prefix", "budget": 1.0,
+            "width-max": 1.0, "width-cap": "1.0"}
+    narrow = {"strategy": "uniform", "allocation": "uniform", "extraction": "prefix"}
+    return [Job(name, k, overrides) for k in seeds
+            for name, overrides in (("width-1.0", full), (f"width-{budget:g}", narrow))]
+
+
+def calibrate(app: Path, out: Path, *, preset: str | None, seeds: list[int], sets: dict[str, Any],
+              runner: Runner | None = None, env: dict[str, str] | None = None, federation_config: str = "",
+              keep_going: bool = False, progress: bool = True, command: str | None = None) -> SweepOutcome:
+    """`hasa calibrate`: the runs behind need_i = acc(width 1.0) - acc(width B), per seed."""
+    app = Path(app).absolute()
+    base = base_config(app, preset, sets)
+    budget = float(base["budget"])
+    if budget >= 1.0:
+        raise ValueError(f"budget {budget:g} is already full width: calibration compares width 1.0 with width B < 1")
+    jobs = calibration_jobs(budget, seeds)
+    meta = {"kind": "calibration", "preset": str(preset) if preset else None,
+            "preset_config": read_preset(preset) if preset else {}, "overrides": sets, "app": str(app),
+            "federation_config": federation_config or f"num-supernodes={base['num-clients']}",
+            "strategies": list(dict.fromkeys(j.name for j in jobs)), "seeds": seeds, "budget": budget}
+    return run_jobs(out, base, jobs, runner or default_runner(app, env), federation_config=federation_config,
+                    keep_going=keep_going, progress=progress, meta=meta, command=command)

@@ -1,0 +1,195 @@
+"""`hasa sweep`: resumability with a fake runner, and one small real sweep through `flwr run`."""
+
+import json
+from pathlib import Path
+
+import pytest
+from conftest import ROOT
+
+from hasa_flwr.cli import main
+from hasa_flwr.config import settings_from_run_config
+from hasa_flwr.launch import RunOutcome
+from hasa_flwr.metrics import summarize
+from hasa_flwr.report import write_report
+from hasa_flwr.sweep import RunFailed, SweepError, calibration_jobs, parse_seeds, parse_strategies, sweep
+
+SMALL = {"num-server-rounds": 1, "embed-dim": 16, "hidden-dim": 32}
+
+
+class FakeRunner:
+    """Writes a results.json the way the ServerApp does (<results-dir>/<run-id>/results.json)."""
+
+    def __init__(self, fail_on=None, empty_on=None):
+        self.calls = []
+        self.fail_on = fail_on
+        self.empty_on = empty_on
+
+    def __call__(self, config, *, num_supernodes, federation_config="", log=None):
+        settings = settings_from_run_config(config)
+        self.calls.append((settings.strategy, settings.seed, num_supernodes))
+        run_id = len(self.calls)
+        log.write(f"round 1: mean accuracy 0.1000, worst 0.0500 (7 clients)\n")
+        if (settings.strategy, settings.seed) == self.fail_on:
+            return RunOutcome(run_id, None, "node 3 failed in train: boom", 0)
+        accs = [0.1 + 0.01 * settings.seed + 0.001 * i for i in range(settings.num_clients)]
+        res = {"config": settings.to_dict(), "strategy": settings.strategy, "seed": settings.seed,
+               "clients": [{"partition_id": i, "name": f"c{i}", "n_train": 10, "n_test": 5, "score": 0.0,
+                            "rank": 0.0, "width": 0.5, "accuracy": a, "top3": a, "loss": 1.0,
+                            "full_width_accuracy": a} for i, a in enumerate(accs)],
+               "summary": None if (settings.strategy, settings.seed) == self.empty_on else summarize(accs),
+               "history": [{"round": 1, "train_loss": 1.0, "mean": 0.1, "worst": 0.05, "seconds": 0.5}]}
+        path = Path(config["results-dir"]) / str(run_id) / "results.json"
+        path.parent.mkdir(parents=True)
+        path.write_text(json.dumps(res))
+        return RunOutcome(run_id, path, None, 0)
+
+
+def run_fake(out, runner, strategies=("uniform", "hasa"), seeds=(0, 1), sets=None, **kw):
+    return sweep(ROOT, out, preset=None, strategies=list(strategies), seeds=list(seeds),
+                 sets={**SMALL, **(sets or {})}, runner=runner, progress=False, command="hasa sweep (test)", **kw)
+
+
+def test_parse_sets():
+    from hasa_flwr.sweep import parse_sets
+
+    assert parse_sets(["score=loss", "lr=0.1", 'width-cap="0.8,0.5"', "scaler=true", "num-server-rounds=2"]) == {
+        "score": "loss", "lr": 0.1, "width-cap": "0.8,0.5", "scaler": True, "num-server-rounds": 2}
+    with pytest.raises(ValueError, match="not key=value"):
+        parse_sets(["lr"])
+
+
+def test_parse_seeds_and_strategies():
+    assert parse_seeds("0-9") == list(range(10))
+    assert parse_seeds("0,2, 5-6") == [0, 2, 5, 6]
+    with pytest.raises(ValueError):
+        parse_seeds("a-b")
+    assert parse_strategies(None)[0] == "uniform" and len(parse_strategies("")) == 8
+    with pytest.raises(ValueError, match="unknown strategy 'nope'"):
+        parse_strategies("uniform,nope")
+
+
+def test_sweep_layout_manifest_and_resume(tmp_path):
+    out = tmp_path / "runs"
+    runner = FakeRunner()
+    outcome = run_fake(out, runner)
+    assert sorted(outcome.done) == ["hasa/seed-0", "hasa/seed-1", "uniform/seed-0", "uniform/seed-1"]
+    assert [c[:2] for c in runner.calls] == [("uniform", 0), ("hasa", 0), ("uniform", 1), ("hasa", 1)]
+    assert all(n == 7 for *_, n in runner.calls)  # num_supernodes = num-clients
+    for s in ("uniform", "hasa"):
+        for k in (0, 1):
+            d = out / s / f"seed-{k}"
+            assert json.loads((d / "results.json").read_text())["seed"] == k
+            assert "round 1: mean accuracy" in (d / "flwr.log").read_text()
+            assert not (d / ".flwr-results").exists()
+    manifest = json.loads((out / "sweep.json").read_text())
+    assert manifest["command"] == "hasa sweep (test)" and manifest["seeds"] == [0, 1]
+    assert manifest["hardware"]["cpu_count"] >= 1 and manifest["hardware"]["torch_device"] == "cpu"
+    assert manifest["runs"]["hasa/seed-1"]["status"] == "done"
+
+    # resume: finished runs are skipped, only the new seed runs
+    again = FakeRunner()
+    outcome = run_fake(out, again, seeds=(0, 1, 2))
+    assert sorted(outcome.skipped) == ["hasa/seed-0", "hasa/seed-1", "uniform/seed-0", "uniform/seed-1"]
+    assert [c[:2] for c in again.calls] == [("uniform", 2), ("hasa", 2)]
+    manifest = json.loads((out / "sweep.json").read_text())
+    assert manifest["seeds"] == [0, 1, 2] and len(manifest["invocations"]) == 2
+    summary = json.loads(write_report(out)["summary.json"].read_text())
+    assert summary["strategies"]["hasa"]["seeds"] == [0, 1, 2]
+
+
+def test_config_mismatch_is_an_error(tmp_path):
+    out = tmp_path / "runs"
+    run_fake(out, FakeRunner(), seeds=(0,))
+    runner = FakeRunner()
+    with pytest.raises(SweepError, match=r"different config \(lr: recorded 0.005, now 0.1\).*new --out folder"):
+        run_fake(out, runner, seeds=(0,), sets={"lr": 0.1})
+    assert runner.calls == []
+    # operational settings (timeouts) do not count as a different config
+    outcome = run_fake(out, FakeRunner(), seeds=(0,), sets={"round-timeout": 99.0})
+    assert len(outcome.skipped) == 2
+
+
+def test_failed_run_stops_or_keeps_going(tmp_path):
+    runner = FakeRunner(fail_on=("hasa", 0))
+    with pytest.raises(RunFailed, match="hasa/seed-0 failed: node 3 failed in train: boom"):
+        run_fake(tmp_path / "a", runner)
+    assert [c[:2] for c in runner.calls] == [("uniform", 0), ("hasa", 0)]
+    assert not (tmp_path / "a" / "hasa" / "seed-0" / "results.json").exists()
+    runner = FakeRunner(fail_on=("hasa", 0))
+    outcome = run_fake(tmp_path / "b", runner, keep_going=True)
+    assert outcome.failed == [("hasa/seed-0", "node 3 failed in train: boom")] and len(outcome.done) == 3
+    manifest = json.loads((tmp_path / "b" / "sweep.json").read_text())
+    assert manifest["runs"]["hasa/seed-0"]["status"] == "failed"
+    # the failed run is retried on resume
+    retry = FakeRunner()
+    run_fake(tmp_path / "b", retry)
+    assert [c[:2] for c in retry.calls] == [("hasa", 0)]
+
+
+def test_run_without_evaluation_counts_as_failed(tmp_path):
+    outcome = run_fake(tmp_path, FakeRunner(empty_on=("uniform", 1)), keep_going=True)
+    assert outcome.failed == [("uniform/seed-1", "results.json has no evaluated client")]
+    assert not (tmp_path / "uniform" / "seed-1" / "results.json").exists()
+
+
+def test_bad_settings_fail_before_any_run(tmp_path):
+    runner = FakeRunner()
+    with pytest.raises(ValueError, match="unknown run-config key"):
+        run_fake(tmp_path, runner, sets={"nope": 1})
+    with pytest.raises(ValueError, match="budget"):
+        run_fake(tmp_path, runner, sets={"budget": 0.95})
+    assert runner.calls == [] and not (tmp_path / "sweep.json").exists()
+
+
+def test_calibration_jobs_are_feasible():
+    from hasa_flwr.launch import app_defaults, merge_config, preflight
+
+    for job in calibration_jobs(0.5, [0]):
+        config = merge_config(app_defaults(ROOT), {**job.overrides, "seed": job.seed, **SMALL})
+        settings = preflight(config)
+        assert settings.allocation == "uniform" and settings.strategy == "uniform"
+    assert [j.name for j in calibration_jobs(0.5, [0, 1])] == ["width-1.0", "width-0.5"] * 2
+
+
+def test_cli_errors_are_one_line(tmp_path, capsys):
+    assert main(["sweep", "--out", str(tmp_path), "--strategies", "uniform,bogus"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("hasa: error: unknown strategy 'bogus'")
+    assert main(["report", str(tmp_path / "none")]) == 2
+
+
+def test_real_sweep_through_flower(superlink, tmp_path):
+    """2 strategies x 1 seed, 1 round, tiny model, through the real `flwr run` and simulation engine."""
+    from hasa_flwr.sweep import default_runner
+
+    out = tmp_path / "sweep"
+    outcome = sweep(ROOT, out, preset=None, strategies=["uniform", "hasa"], seeds=[0], sets=SMALL,
+                    runner=default_runner(ROOT, env=superlink, timeout=600), progress=False)
+    logs = {k: (out / k / "flwr.log").read_text()[-3000:] for k in ("uniform/seed-0", "hasa/seed-0")}
+    assert outcome.done == ["uniform/seed-0", "hasa/seed-0"], logs
+    for k in outcome.done:
+        res = json.loads((out / k / "results.json").read_text())
+        assert res["strategy"] == k.split("/")[0] and res["config"]["num_rounds"] == 1
+        assert len(res["clients"]) == 7 and res["summary"]["mean"] > 0
+    hasa = json.loads((out / "hasa" / "seed-0" / "results.json").read_text())
+    assert len({round(c["width"], 6) for c in hasa["clients"]}) > 1
+    paths = write_report(out)
+    summary = json.loads(paths["summary.json"].read_text())
+    assert summary["strategies"]["hasa"]["paired_vs_uniform"]["n"] == 1
+    # `hasa bench overhead` times a plain loop that must do exactly what the Flower run did
+    from hasa_flwr.bench import plain_loop
+    from hasa_flwr.config import Settings
+
+    import torch
+
+    threads = torch.get_num_threads()
+    try:  # Ray gives each actor 2 CPUs (torch threads) by default
+        plain = plain_loop(Settings(**{**hasa["config"], "width_caps": tuple(hasa["config"]["width_caps"])}),
+                           [c["width"] for c in hasa["clients"]], num_threads=2)
+    finally:
+        torch.set_num_threads(threads)
+    assert plain.accuracies == pytest.approx([c["accuracy"] for c in hasa["clients"]], abs=1e-12)
+    # resuming is a no-op that never calls flwr
+    again = sweep(ROOT, out, preset=None, strategies=["uniform", "hasa"], seeds=[0], sets=SMALL,
+                  runner=FakeRunner(), progress=False)
+    assert again.done == [] and len(again.skipped) == 2
