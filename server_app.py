@@ -4,14 +4,13 @@ import sys
 from logging import ERROR, INFO
 
 import numpy as np
-import torch
 from flwr.app import ArrayRecord, Context
 from flwr.common import log
 from flwr.serverapp import Grid, ServerApp
 
 from hasa_flwr.allocation import allocate
 from hasa_flwr.config import settings_from_run_config
-from hasa_flwr.models import build_model, full_sizes, mac_cost
+from hasa_flwr.models import mac_cost
 from hasa_flwr.results import build_results, format_table, results_path, write_json_atomic
 from hasa_flwr.scores import scores_from_counts
 from hasa_flwr.strategy import FederationError, HasaStrategy, query_losses, query_stats, wait_for_nodes
@@ -32,9 +31,7 @@ def run(grid: Grid, context: Context) -> None:
     settings = settings_from_run_config(context.run_config)
     nodes = wait_for_nodes(grid, settings.num_clients, settings.wait_seconds)
     clients, num_classes = query_stats(grid, nodes, settings.num_clients, settings.round_timeout)
-    sizes = full_sizes(settings.model, settings.embed_dim, settings.hidden_dim)
-    torch.manual_seed(settings.seed)
-    model = build_model(settings.model, num_classes, sizes, scaler=settings.scaler)
+    model = settings.initial_model(num_classes)
     initial = ArrayRecord(model.state_dict())
 
     if settings.score == "loss":
@@ -50,7 +47,7 @@ def run(grid: Grid, context: Context) -> None:
     for c, score, rank, width in zip(clients, allocation.scores, allocation.ranks, allocation.widths):
         c.score, c.rank, c.width = float(score), float(rank), float(width)
 
-    strategy = HasaStrategy(clients, model.slicing_spec(), sizes, extraction=settings.extraction,
+    strategy = HasaStrategy(clients, model.slicing_spec(), settings.sizes, extraction=settings.extraction,
                             aggregation=settings.aggregation, seed=settings.seed, num_rounds=settings.num_rounds)
     strategy.start(grid, initial, num_rounds=settings.num_rounds, timeout=settings.round_timeout)
 

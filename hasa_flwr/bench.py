@@ -194,23 +194,18 @@ def plain_loop(settings, widths: list[float], *, num_threads: int) -> PlainTimes
     import torch
 
     from .aggregation import Update, aggregate, check_update
-    from .data import load_federated
-    from .models import build_model, full_sizes
     from .subnet import extract, hash_seed, select_units
     from .train import OrderedDropout, evaluate, train
 
     torch.set_num_threads(num_threads)
-    fed = load_federated(settings.dataset, num_clients=settings.num_clients, seed=settings.seed,
-                         data_path=settings.data_path, test_fraction=settings.test_fraction,
-                         dirichlet_alpha=settings.dirichlet_alpha, min_count=settings.min_count)
-    sizes = full_sizes(settings.model, settings.embed_dim, settings.hidden_dim)
-    torch.manual_seed(settings.seed)
-    model = build_model(settings.model, fed.num_classes, sizes, scaler=settings.scaler)
+    fed = settings.load_data()
+    sizes = settings.sizes
+    model = settings.initial_model(fed.num_classes)
     spec = model.slicing_spec()
     state = {k: v.clone() for k, v in model.state_dict().items()}
 
     def sub_model(width: float, params: dict[str, torch.Tensor]) -> torch.nn.Module:
-        m = build_model(settings.model, fed.num_classes, sizes, width, scaler=settings.scaler)
+        m = settings.build(fed.num_classes, width)
         m.load_state_dict(params)
         return m
 
@@ -274,16 +269,11 @@ def message_costs(settings, config: dict[str, Any], widths: list[float]) -> dict
     except ImportError:  # pragma: no cover
         import pickle as cp
     from . import client as client_mod
-    from .data import load_federated
-    from .models import build_model, full_sizes
     from .subnet import extract, select_units
 
-    fed = load_federated(settings.dataset, num_clients=settings.num_clients, seed=settings.seed,
-                         data_path=settings.data_path, test_fraction=settings.test_fraction,
-                         dirichlet_alpha=settings.dirichlet_alpha, min_count=settings.min_count)
-    sizes = full_sizes(settings.model, settings.embed_dim, settings.hidden_dim)
-    torch.manual_seed(settings.seed)
-    model = build_model(settings.model, fed.num_classes, sizes, scaler=settings.scaler)
+    fed = settings.load_data()
+    sizes = settings.sizes
+    model = settings.initial_model(fed.num_classes)
     state = model.state_dict()
     spec = model.slicing_spec()
     run_config = {k: v for k, v in config.items()}

@@ -11,8 +11,7 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 
 from .config import Settings, settings_from_run_config
-from .data import ClientData, load_federated
-from .models import build_model, full_sizes
+from .data import ClientData
 from .subnet import extract, select_units
 from .train import OrderedDropout, evaluate, train
 
@@ -27,16 +26,12 @@ def setup(context: Context) -> tuple[Settings, ClientData, int, int]:
     if not 0 <= pid < settings.num_clients:
         raise ValueError(f"partition-id {pid} is outside 0..{settings.num_clients - 1}: check the SuperNode's "
                          "node config and num-clients")
-    fed = load_federated(settings.dataset, num_clients=settings.num_clients, seed=settings.seed,
-                         data_path=str(node.get("data-path", settings.data_path)),
-                         test_fraction=settings.test_fraction, dirichlet_alpha=settings.dirichlet_alpha,
-                         min_count=settings.min_count)
+    fed = settings.load_data(str(node.get("data-path", settings.data_path)))
     return settings, fed.clients[pid], pid, fed.num_classes
 
 
 def load_model(settings: Settings, num_classes: int, arrays: ArrayRecord, width: float) -> torch.nn.Module:
-    model = build_model(settings.model, num_classes, full_sizes(settings.model, settings.embed_dim,
-                                                                settings.hidden_dim), width, scaler=settings.scaler)
+    model = settings.build(num_classes, width)
     model.load_state_dict(arrays.to_torch_state_dict())
     return model
 
@@ -44,7 +39,7 @@ def load_model(settings: Settings, num_classes: int, arrays: ArrayRecord, width:
 def prefix_model(settings: Settings, num_classes: int, arrays: ArrayRecord, width: float) -> torch.nn.Module:
     """The deployable width-``width`` prefix of a full supernet."""
     full = load_model(settings, num_classes, arrays, 1.0)
-    sizes = full_sizes(settings.model, settings.embed_dim, settings.hidden_dim)
+    sizes = settings.sizes
     sub = extract(full.state_dict(), full.slicing_spec(), select_units("prefix", width, sizes), sizes)
     return load_model(settings, num_classes, ArrayRecord(sub), width)
 
@@ -78,8 +73,7 @@ def train_subnet(msg: Message, context: Context) -> Message:
     model = load_model(settings, num_classes, msg.content["arrays"], width)
     ordered = None
     if bool(cfg["ordered"]):
-        ordered = OrderedDropout(settings.model, num_classes, full_sizes(settings.model, settings.embed_dim,
-                                 settings.hidden_dim), width, scaler=settings.scaler)
+        ordered = OrderedDropout(settings.model, num_classes, settings.sizes, width, scaler=settings.scaler)
     loss = train(model, data.x_train, data.y_train, epochs=settings.local_epochs, batch_size=settings.batch_size,
                  lr=settings.lr, optimizer=settings.optimizer, momentum=settings.momentum,
                  seed=int(cfg["train-seed"]), ordered=ordered)

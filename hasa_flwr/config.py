@@ -9,9 +9,12 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
+import torch
+
 from .aggregation import AGGREGATIONS
 from .allocation import RULES
-from .data import DATASETS
+from .data import DATASETS, FederatedData, load_federated
+from .models import build_model, full_sizes
 from .scores import SCORES
 from .subnet import EXTRACTIONS
 from .train import OPTIMIZERS
@@ -67,8 +70,34 @@ class Settings:
     def model(self) -> str:
         return MODEL_OF[self.dataset]
 
+    @property
+    def sizes(self) -> dict[str, int]:
+        """Full sizes of the supernet's scalable dimensions."""
+        return full_sizes(self.model, self.embed_dim, self.hidden_dim)
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Settings:
+        """Inverse of to_dict (results.json's "config")."""
+        return cls(**{**d, "width_caps": tuple(d["width_caps"])})
+
+    def load_data(self, data_path: str | None = None) -> FederatedData:
+        """The federation's data as every node derives it (``data_path`` overrides the run config's)."""
+        return load_federated(self.dataset, num_clients=self.num_clients, seed=self.seed,
+                              data_path=self.data_path if data_path is None else data_path,
+                              test_fraction=self.test_fraction, dirichlet_alpha=self.dirichlet_alpha,
+                              min_count=self.min_count)
+
+    def build(self, num_classes: int, width: float = 1.0) -> torch.nn.Module:
+        """The width-``width`` member of this run's supernet family (random weights)."""
+        return build_model(self.model, num_classes, self.sizes, width, scaler=self.scaler)
+
+    def initial_model(self, num_classes: int) -> torch.nn.Module:
+        """The full supernet every strategy starts from for this seed (matched seeds)."""
+        torch.manual_seed(self.seed)
+        return self.build(num_classes)
 
 
 def choose(key: str, value: str, choices) -> str:

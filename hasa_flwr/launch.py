@@ -21,7 +21,6 @@ import tomllib
 
 from .allocation import check_feasible, linear_cost
 from .config import Settings, settings_from_run_config
-from .data import load_federated
 
 FLWR_ENV = {
     "FLWR_TELEMETRY_ENABLED": "0",
@@ -73,9 +72,7 @@ def to_flwr_args(overrides: dict[str, Any]) -> str:
 def preflight(run_config: dict[str, Any]) -> Settings:
     """What the ServerApp would reject, checked locally (simulation shares this machine's files)."""
     settings = settings_from_run_config(run_config)
-    fed = load_federated(settings.dataset, num_clients=settings.num_clients, seed=settings.seed,
-                         data_path=settings.data_path, test_fraction=settings.test_fraction,
-                         dirichlet_alpha=settings.dirichlet_alpha, min_count=settings.min_count)
+    fed = settings.load_data()
     sizes = np.array([c.n_train for c in fed.clients], dtype=np.float64)
     if settings.budget_cost == "width":  # the macs check needs the model; the ServerApp does it
         check_feasible(settings.budget, sizes / sizes.sum(), np.array(settings.width_caps), settings.width_min,

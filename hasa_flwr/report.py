@@ -384,10 +384,7 @@ def client_scores(config: dict[str, Any]) -> dict[str, np.ndarray]:
     ``loss``: mean training loss of the initial supernet (torch.manual_seed(seed), as server_app.py)
     at width B, prefix units, on each client's training split (client.query_loss).
     """
-    import torch
-
-    from .data import load_federated
-    from .models import build_model, full_sizes
+    from .config import Settings
     from .scores import entropy_scores, jsd_scores
     from .subnet import extract, select_units
     from .train import evaluate
@@ -395,16 +392,12 @@ def client_scores(config: dict[str, Any]) -> dict[str, np.ndarray]:
     data_path = str(config.get("data_path", ""))
     if data_path and not Path(data_path).exists():
         data_path = ""  # recorded on another machine: fall back to HASA_DATA_DIR
-    fed = load_federated(config["dataset"], num_clients=int(config["num_clients"]), seed=int(config["seed"]),
-                         data_path=data_path, test_fraction=float(config["test_fraction"]),
-                         dirichlet_alpha=float(config["dirichlet_alpha"]), min_count=int(config["min_count"]))
+    settings = Settings.from_dict({**config, "data_path": data_path})
+    fed = settings.load_data()
     counts = np.stack([c.label_counts(fed.num_classes) for c in fed.clients])
-    model_kind = {"synthetic": "lstm", "medium": "lstm", "digits": "cnn"}[config["dataset"]]
-    sizes = full_sizes(model_kind, int(config["embed_dim"]), int(config["hidden_dim"]))
-    torch.manual_seed(int(config["seed"]))
-    full = build_model(model_kind, fed.num_classes, sizes, scaler=bool(config.get("scaler", False)))
-    width = float(config["budget"])
-    sub = build_model(model_kind, fed.num_classes, sizes, width, scaler=bool(config.get("scaler", False)))
+    full = settings.initial_model(fed.num_classes)
+    width, sizes = settings.budget, settings.sizes
+    sub = settings.build(fed.num_classes, width)
     sub.load_state_dict(extract(full.state_dict(), full.slicing_spec(), select_units("prefix", width, sizes), sizes))
     losses = np.array([evaluate(sub, c.x_train, c.y_train)["loss"] for c in fed.clients])
     return {"jsd": jsd_scores(counts), "entropy": entropy_scores(counts), "loss": losses}
