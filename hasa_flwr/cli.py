@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from .data import DataError
+from .config import settings_from_run_config
 from .launch import app_defaults, flwr_run, merge_config, preflight, read_preset
 from .sweep import RunFailed, SweepError
 
@@ -25,9 +26,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     app = Path(args.app).resolve()
     config = merge_config(app_defaults(app), parse_overrides(args.run_config))
     config["results-dir"] = str(Path(config["results-dir"]).expanduser().absolute())
-    settings = preflight(config)
+    if args.superlink:  # deployment: the data lives on the devices, so only the run config is checked here
+        settings = settings_from_run_config(config)
+    else:
+        settings = preflight(config)
     outcome = flwr_run(app, config, num_supernodes=settings.num_clients, federation_config=args.federation_config,
-                       log=sys.stdout)
+                       connection=args.superlink, log=sys.stdout)
     if outcome.results is None:
         why = outcome.error or f"flwr run exited with code {outcome.returncode} and wrote no results.json"
         print(f"hasa: error: {why}", file=sys.stderr)
@@ -120,6 +124,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("app", nargs="?", default=".", help="the hasa-flwr app folder (default: .)")
     run.add_argument("--run-config", action="append", default=[], metavar="FILE.toml|k=v",
                      help="preset file and/or key=value overrides (repeatable)")
+    run.add_argument("--superlink", default=None, metavar="CONNECTION",
+                     help="a [superlink.<name>] connection in $FLWR_HOME/config.toml (deployment); default: local "
+                          "simulation")
     run.add_argument("--federation-config", default="",
                      help="passed to flwr run (default: num-supernodes=<num-clients>)")
     run.set_defaults(func=cmd_run)

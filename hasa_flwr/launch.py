@@ -89,7 +89,8 @@ class RunOutcome:
 
 
 def flwr_run(app_dir: Path, overrides: dict[str, Any], *, num_supernodes: int, federation_config: str = "",
-             log=None, env: dict[str, str] | None = None, timeout: float | None = None) -> RunOutcome:
+             connection: str | None = None, log=None, env: dict[str, str] | None = None,
+             timeout: float | None = None) -> RunOutcome:
     """Run `flwr run <app> --stream` and find the results.json it wrote (or the app's error).
 
     ``overrides`` must hold an absolute ``results-dir``: a reused local SuperLink keeps the
@@ -100,8 +101,11 @@ def flwr_run(app_dir: Path, overrides: dict[str, Any], *, num_supernodes: int, f
         raise ValueError(f"results-dir must be absolute here, got {results_dir}")
     run_env = {**FLWR_ENV, **os.environ, **(env or {})}
     run_env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{run_env.get('PATH', '')}"
-    fed = federation_config or f"num-supernodes={num_supernodes}"
-    cmd = ["flwr", "run", str(app_dir), "--stream", "--federation-config", fed]
+    if connection:  # a deployed SuperLink: its SuperNodes are the federation
+        cmd = ["flwr", "run", str(app_dir), connection, "--stream"]
+    else:
+        fed = federation_config or f"num-supernodes={num_supernodes}"
+        cmd = ["flwr", "run", str(app_dir), "--stream", "--federation-config", fed]
     if overrides:
         cmd += ["--run-config", to_flwr_args(overrides)]
     run_id, error = None, None

@@ -11,14 +11,18 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 
 import httpx
 import pytest
 from conftest import ROOT
 from deploy_procs import BIN, _start, deployment, free_ports, make_node_keys, pids_with_env, run_app
 from flower_procs import alive
+
+from hasa_flwr.launch import to_flwr_args
 
 CAPS = (0.8, 0.5, 0.3)          # one device per cap: the widest, a mid-range and a weak one
 BUDGET = 0.4
@@ -68,11 +72,17 @@ def assert_all_stopped(marker: str) -> None:
 
 
 def test_deploy_insecure_mixed_caps(tmp_path):
+    """Through `hasa run --superlink <connection>`, the command users run against a deployment."""
     with deployment(node_configs()) as dep:
         marker = dep.marker
-        outcome, log = run(dep, tmp_path)
-        assert outcome.results is not None, f"{outcome}\n{log[-3000:]}\n{dep.logs()}"
-        res = check_results(outcome.results)
+        config = to_flwr_args({**RUN, "results-dir": str(tmp_path / "results")})
+        proc = subprocess.run([sys.executable, "-m", "hasa_flwr.cli", "run", str(ROOT), "--superlink", dep.connection,
+                               "--run-config", config], env=dep.env, capture_output=True, text=True,
+                              timeout=RUN_TIMEOUT, cwd=dep.home)
+        log = proc.stdout + proc.stderr
+        assert proc.returncode == 0, f"{log[-3000:]}\n{dep.logs()}"
+        results = [line.split("results: ", 1)[1] for line in proc.stdout.splitlines() if line.startswith("results: ")]
+        res = check_results(Path(results[-1]))
         assert res["rejected_updates"] == []
         assert all(c["accuracy"] is not None and c["full_width_accuracy"] is not None for c in res["clients"])
         assert "round 2: mean accuracy" in log and "(3 clients)" in log
