@@ -231,6 +231,14 @@ def _pyplot():
     return plt
 
 
+def save(fig, path: Path) -> Path:
+    """Write a figure as PNG and free it (plots are made in loops over sweeps)."""
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    _pyplot().close(fig)
+    return path
+
+
 def plot_per_client(summary: dict[str, Any], path: Path) -> Path:
     plt = _pyplot()
     names = list(summary["strategies"])
@@ -249,10 +257,7 @@ def plot_per_client(summary: dict[str, Any], path: Path) -> Path:
     ax.set_ylabel("top-1 accuracy (%)")
     ax.set_title("Per-client accuracy by strategy (mean over seeds, 95% CI)")
     ax.legend(fontsize=8, ncol=min(4, len(names)))
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save(fig, path)
 
 
 def plot_convergence(summary: dict[str, Any], path: Path) -> Path:
@@ -274,10 +279,7 @@ def plot_convergence(summary: dict[str, Any], path: Path) -> Path:
         ax.set_title(title + " per round (mean over seeds)")
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save(fig, path)
 
 
 def plot_score_vs_width(summary: dict[str, Any], path: Path) -> Path:
@@ -303,10 +305,7 @@ def plot_score_vs_width(summary: dict[str, Any], path: Path) -> Path:
     for ax in list(axes.flat)[len(names):]:
         ax.set_visible(False)
     fig.suptitle("Assigned width vs heterogeneity score (marker size ~ n_train; labels = partition id)", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save(fig, path)
 
 
 def plot_score_vs_need(calibration: dict[str, Any], path: Path) -> Path:
@@ -325,10 +324,7 @@ def plot_score_vs_need(calibration: dict[str, Any], path: Path) -> Path:
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel(f"need for width: acc(1.0) - acc({calibration['budget']:g}) (pp)")
     fig.suptitle(f"Score validity on {calibration['dataset']} ({len(calibration['seeds'])} seeds)", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save(fig, path)
 
 
 # ----------------------------------------------------------------------------- report

@@ -31,25 +31,14 @@ def random_subset(size: int, k: int, seed: int) -> torch.Tensor:
 # ----------------------------------------------------------------------------- specs
 
 
-def test_lstm_spec_covers_state_and_axis_sizes():
-    m = LSTMLanguageModel(V, E, H)
-    spec = m.slicing_spec()
-    sd = m.state_dict()
+@pytest.mark.parametrize("model, full", [
+    (LSTMLanguageModel(V, E, H), {"embed": E, "hidden": H}),
+    (WidthCNN(10, 6, 9), {"c1": 6, "c2": 9}),  # the CNN's state has no BN running statistics
+], ids=["lstm", "cnn"])
+def test_spec_covers_state_and_axis_sizes(model, full):
+    spec = model.slicing_spec()
+    sd = model.state_dict()
     assert set(spec) == set(sd)
-    full = {"embed": E, "hidden": H}
-    for name, axes in spec.items():
-        assert len(axes) == sd[name].ndim, name
-        for a, n in zip(axes, sd[name].shape):
-            if a is not None:
-                assert a.blocks * full[a.dim] * a.inner == n, name
-
-
-def test_cnn_spec_covers_state_and_axis_sizes():
-    m = WidthCNN(10, 6, 9)
-    spec = m.slicing_spec()
-    sd = m.state_dict()
-    assert set(spec) == set(sd)  # no BN running statistics in the state
-    full = {"c1": 6, "c2": 9}
     for name, axes in spec.items():
         assert len(axes) == sd[name].ndim, name
         for a, n in zip(axes, sd[name].shape):
