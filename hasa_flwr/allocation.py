@@ -24,6 +24,8 @@ MAX_PASSES = 100
 class Allocation:
     widths: np.ndarray   # [M] final widths
     used: float          # sum (n_i/N) w_i
+    cost_used: float     # sum (n_i/N) cost(w_i): what the budget constrains (= used for cost(w) = w)
+    cost_target: float   # cost(B)
     passes: int          # scale-and-project passes until the budget held
     ranks: np.ndarray    # [M] normalised ranks in [0, 1] the rule used
     scores: np.ndarray   # [M] scores the ranks came from (random ones for hasa-random)
@@ -129,4 +131,6 @@ def allocate(rule: str, scores: np.ndarray, sizes: np.ndarray, *, budget: float 
     else:
         prelim = np.full(m, budget)
     widths, passes = scale_and_project(prelim, shares, budget, w_min, caps, cost)
-    return Allocation(widths=widths, used=float(shares @ widths), passes=passes, ranks=ranks, scores=scores)
+    cost = cost or linear_cost
+    return Allocation(widths=widths, used=float(shares @ widths), cost_used=float(shares @ cost(widths)),
+                      cost_target=float(cost(np.array([budget]))[0]), passes=passes, ranks=ranks, scores=scores)

@@ -29,6 +29,7 @@ def build_results(settings: Settings, clients: list[ClientInfo], allocation: All
         "seed": settings.seed,
         "run_id": run_id,
         "budget": {"B": settings.budget, "cost": settings.budget_cost, "used": allocation.used,
+                   "cost_used": allocation.cost_used, "cost_target": allocation.cost_target,
                    "passes": allocation.passes},
         "clients": rows,
         "summary": summarize(evaluated) if evaluated else None,

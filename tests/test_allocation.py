@@ -201,6 +201,8 @@ def test_nonlinear_mac_cost_budget(budget):
         assert abs(spent - float(cost(np.array([budget]))[0])) <= 1e-6, (rule, spent)
         assert (a.widths >= 0.2 - 1e-12).all() and (a.widths <= 0.9 + 1e-12).all()
         assert a.used == pytest.approx(float(shares @ a.widths), abs=1e-12)
+        assert a.cost_used == pytest.approx(spent, abs=1e-12)
+        assert a.cost_target == pytest.approx(float(cost(np.array([budget]))[0]), abs=1e-12)
     # nonlinear cost: with unequal widths the size-weighted mean width differs from B
     h = allocate("hasa", scores, sizes, budget=budget, cost=cost, caps=np.full(7, 0.9))
     assert abs(h.used - budget) > 1e-4
