@@ -45,7 +45,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
     outcome = sweep(Path(args.app), Path(args.out), preset=args.preset, strategies=parse_strategies(args.strategies),
                     seeds=parse_seeds(args.seeds), sets=parse_sets(args.set), federation_config=args.federation_config,
-                    keep_going=args.keep_going, progress=not args.no_progress)
+                    keep_going=args.keep_going, progress=not args.no_progress, run_timeout=args.run_timeout)
     print(f"sweep: {len(outcome.done)} run(s) done, {len(outcome.skipped)} skipped (already finished), "
           f"{len(outcome.failed)} failed; results in {Path(args.out).absolute()}")
     for key, why in outcome.failed:
@@ -61,7 +61,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
     outcome = calibrate(Path(args.app), Path(args.out), preset=args.preset, seeds=parse_seeds(args.seeds),
                         sets=parse_sets(args.set), federation_config=args.federation_config,
-                        keep_going=args.keep_going, progress=not args.no_progress)
+                        keep_going=args.keep_going, progress=not args.no_progress, run_timeout=args.run_timeout)
     for key, why in outcome.failed:
         print(f"hasa: error: {key} failed: {why}", file=sys.stderr)
     if outcome.failed:
@@ -107,6 +107,18 @@ def add_run_options(p: argparse.ArgumentParser, default_seeds: str) -> None:
     p.add_argument("--keep-going", action="store_true",
                    help="after a failed run, go on with the others (default: stop at the first failure)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--run-timeout", type=positive_seconds, default=None, metavar="SECONDS",
+                   help="stop a run that takes longer and count it as failed (default: no limit)")
+
+
+def positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text!r}")
+    return value
 
 
 class Parser(argparse.ArgumentParser):

@@ -12,6 +12,8 @@ import os
 import re
 import subprocess
 import sys
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -90,17 +92,19 @@ class RunOutcome:
 
 def flwr_run(app_dir: Path, overrides: dict[str, Any], *, num_supernodes: int, federation_config: str = "",
              connection: str | None = None, log=None, env: dict[str, str] | None = None,
-             timeout: float | None = None) -> RunOutcome:
+             timeout: float | None = None, cwd: Path | None = None,
+             on_line: Callable[[str], None] | None = None) -> RunOutcome:
     """Run `flwr run <app> --stream` and find the results.json it wrote (or the app's error).
 
     ``overrides`` must hold an absolute ``results-dir``: a reused local SuperLink keeps the
     working directory of the `flwr run` that started it, so relative paths would land there.
+    ``on_line`` sees every streamed line (to act mid-run). After ``timeout`` seconds the run is
+    stopped on the SuperLink (`flwr stop`, else it would go on there) and the outcome says so.
     """
     results_dir = Path(overrides["results-dir"])
     if not results_dir.is_absolute():
         raise ValueError(f"results-dir must be absolute here, got {results_dir}")
-    run_env = {**FLWR_ENV, **os.environ, **(env or {})}
-    run_env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{run_env.get('PATH', '')}"
+    run_env = flwr_env(env)
     if connection:  # a deployed SuperLink: its SuperNodes are the federation
         cmd = ["flwr", "run", str(app_dir), connection, "--stream"]
     else:
@@ -108,22 +112,56 @@ def flwr_run(app_dir: Path, overrides: dict[str, Any], *, num_supernodes: int, f
         cmd = ["flwr", "run", str(app_dir), "--stream", "--federation-config", fed]
     if overrides:
         cmd += ["--run-config", to_flwr_args(overrides)]
-    run_id, error = None, None
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=run_env)
-    try:
+    seen: dict[str, Any] = {"run_id": None, "error": None}
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                            text=True, env=run_env, cwd=cwd)
+
+    def pump() -> None:  # a thread, so that a silent, hung stream cannot outlast the timeout
         for line in proc.stdout:
             if log is not None:
                 log.write(line)
                 log.flush()
-            if run_id is None and (m := RUN_ID.search(line)):
-                run_id = int(m.group(1))
+            if seen["run_id"] is None and (m := RUN_ID.search(line)):
+                seen["run_id"] = int(m.group(1))
             if m := APP_ERROR.search(line):
-                error = m.group(1).strip()
+                seen["error"] = m.group(1).strip()
+            if on_line is not None:
+                on_line(line)
+
+    reader = threading.Thread(target=pump, daemon=True)
+    reader.start()
+    try:
         proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        if seen["run_id"] is not None:
+            flwr_stop(seen["run_id"], connection, env, cwd)
+        seen["error"] = (f"flwr run did not finish within {timeout:g} s (run {seen['run_id']} stopped); "
+                         "raise the timeout or make the run smaller")
     finally:
         if proc.poll() is None:
             proc.kill()
+            proc.wait()
+        reader.join(timeout=10)
+    run_id = seen["run_id"]
     path = results_dir / str(run_id) / "results.json" if run_id is not None else None
     if path is not None and not path.is_file():
         path = None
-    return RunOutcome(run_id, path, error, proc.returncode or 0)
+    return RunOutcome(run_id, path, seen["error"], proc.returncode or 0)
+
+
+def flwr_env(env: dict[str, str] | None = None) -> dict[str, str]:
+    """This environment + FLWR_ENV defaults + ``env``, with this interpreter's `flwr` first on PATH."""
+    run_env = {**FLWR_ENV, **os.environ, **(env or {})}
+    run_env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{run_env.get('PATH', '')}"
+    return run_env
+
+
+def flwr_stop(run_id: int, connection: str | None = None, env: dict[str, str] | None = None,
+              cwd: Path | None = None) -> None:
+    """Ask the SuperLink to stop a run (best effort: it may already be gone)."""
+    try:
+        subprocess.run(["flwr", "stop", str(run_id), *([connection] if connection else [])], env=flwr_env(env),
+                       cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
+                       timeout=60, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        pass

@@ -17,7 +17,6 @@ import platform
 import re
 import shlex
 import shutil
-import subprocess
 import sys
 import time
 import tomllib
@@ -28,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import STRATEGIES, settings_from_run_config
-from .launch import FLWR_ENV, RUN_ID, RunOutcome, app_defaults, flwr_run, merge_config, preflight, read_preset
+from .launch import RUN_ID, RunOutcome, app_defaults, flwr_run, flwr_stop, merge_config, preflight, read_preset
 
 # Settings fields that do not change what a run computes: ignored when checking a finished run.
 OPERATIONAL = ("results_dir", "data_path", "wait_seconds", "round_timeout")
@@ -284,13 +283,7 @@ class FlwrRunner:
         return flwr_run(self.app, config, env=self.env, timeout=self.timeout, **kw)
 
     def stop(self, run_id: int) -> None:
-        env = {**FLWR_ENV, **os.environ, **(self.env or {})}
-        env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-        try:
-            subprocess.run(["flwr", "stop", str(run_id)], env=env, stdout=subprocess.DEVNULL,
-                           stderr=subprocess.DEVNULL, timeout=60, check=False)
-        except (OSError, subprocess.TimeoutExpired):
-            pass
+        flwr_stop(run_id, env=self.env)
 
 
 def default_runner(app: Path, env: dict[str, str] | None = None, timeout: float | None = None) -> Runner:
@@ -400,7 +393,7 @@ def run_jobs(out: Path, base: dict[str, Any], jobs: list[Job], runner: Runner, *
 def sweep(app: Path, out: Path, *, preset: str | None, strategies: list[str], seeds: list[int],
           sets: dict[str, Any], runner: Runner | None = None, env: dict[str, str] | None = None,
           federation_config: str = "", keep_going: bool = False, progress: bool = True,
-          command: str | None = None) -> SweepOutcome:
+          command: str | None = None, run_timeout: float | None = None) -> SweepOutcome:
     """`hasa sweep`: the preset over strategies x seeds into ``out``."""
     app = Path(app).absolute()
     base = base_config(app, preset, sets)
@@ -408,7 +401,7 @@ def sweep(app: Path, out: Path, *, preset: str | None, strategies: list[str], se
             "preset_config": read_preset(preset) if preset else {}, "overrides": sets, "app": str(app),
             "federation_config": federation_config or f"num-supernodes={base['num-clients']}",
             "strategies": strategies, "seeds": seeds}
-    return run_jobs(out, base, strategy_jobs(strategies, seeds), runner or default_runner(app, env),
+    return run_jobs(out, base, strategy_jobs(strategies, seeds), runner or default_runner(app, env, run_timeout),
                     federation_config=federation_config, keep_going=keep_going, progress=progress, meta=meta,
                     command=command)
 
@@ -431,7 +424,8 @@ def calibration_jobs(budget: float, seeds: list[int]) -> list[Job]:
 
 def calibrate(app: Path, out: Path, *, preset: str | None, seeds: list[int], sets: dict[str, Any],
               runner: Runner | None = None, env: dict[str, str] | None = None, federation_config: str = "",
-              keep_going: bool = False, progress: bool = True, command: str | None = None) -> SweepOutcome:
+              keep_going: bool = False, progress: bool = True, command: str | None = None,
+              run_timeout: float | None = None) -> SweepOutcome:
     """`hasa calibrate`: the runs behind need_i = acc(width 1.0) - acc(width B), per seed."""
     app = Path(app).absolute()
     base = base_config(app, preset, sets)
@@ -443,5 +437,6 @@ def calibrate(app: Path, out: Path, *, preset: str | None, seeds: list[int], set
             "preset_config": read_preset(preset) if preset else {}, "overrides": sets, "app": str(app),
             "federation_config": federation_config or f"num-supernodes={base['num-clients']}",
             "strategies": list(dict.fromkeys(j.name for j in jobs)), "seeds": seeds, "budget": budget}
-    return run_jobs(out, base, jobs, runner or default_runner(app, env), federation_config=federation_config,
-                    keep_going=keep_going, progress=progress, meta=meta, command=command)
+    return run_jobs(out, base, jobs, runner or default_runner(app, env, run_timeout),
+                    federation_config=federation_config, keep_going=keep_going, progress=progress, meta=meta,
+                    command=command)

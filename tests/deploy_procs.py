@@ -34,7 +34,7 @@ from typing import IO, Any
 import httpx
 from flower_procs import BIN, alive, kill_tree
 
-from hasa_flwr.launch import APP_ERROR, RUN_ID, RunOutcome, to_flwr_args
+from hasa_flwr.launch import RunOutcome, flwr_run, to_flwr_args
 
 HOST = "127.0.0.1"
 
@@ -339,55 +339,11 @@ def stop_all(started: list[int], marker: str) -> None:
 # --------------------------------------------------------------------------------------------
 def run_app(dep: Deployment, app_dir: Path, overrides: dict[str, Any], *, log: IO[str] | None = None,
             timeout: float = 600.0, on_line: Callable[[str], None] | None = None) -> RunOutcome:
-    """`flwr run <app_dir> <connection> --stream --run-config ...`; returns the run id, the
-    results.json it wrote (or None) and the app's `hasa-flwr: ...` error line if any.
-
-    ``overrides`` needs an absolute ``results-dir``. ``on_line`` sees every streamed line (to act
-    mid-run). On timeout the run is stopped with `flwr stop` and the CLI killed: never a hang.
-    """
-    results_dir = Path(overrides["results-dir"])
-    if not results_dir.is_absolute():
-        raise ValueError(f"results-dir must be absolute, got {results_dir}")
-    cmd = [str(BIN / "flwr"), "run", str(app_dir), dep.connection, "--stream",
-           "--run-config", to_flwr_args(overrides)]
-    proc = subprocess.Popen(cmd, env=dep.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            stdin=subprocess.DEVNULL, start_new_session=True, cwd=dep.home)
-    dep.started.append(proc.pid)
-    state: dict[str, Any] = {"run_id": None, "error": None}
-
-    def pump() -> None:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            if log is not None:
-                log.write(line)
-                log.flush()
-            if state["run_id"] is None and (m := RUN_ID.search(line)):
-                state["run_id"] = int(m.group(1))
-            if m := APP_ERROR.search(line):
-                state["error"] = m.group(1).strip()
-            if on_line is not None:
-                on_line(line)
-
-    reader = threading.Thread(target=pump, daemon=True)
-    reader.start()
-    try:
-        proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        if state["run_id"] is not None:
-            try:
-                dep.flwr("stop", str(state["run_id"]), dep.connection, timeout=30)
-            except subprocess.TimeoutExpired:
-                pass
-        raise TimeoutError(f"flwr run did not finish within {timeout:g}s\n{dep.logs()}") from None
-    finally:
-        if proc.poll() is None:
-            kill_tree(proc.pid)
-        reader.join(timeout=10)
-    run_id = state["run_id"]
-    path = results_dir / str(run_id) / "results.json" if run_id is not None else None
-    if path is not None and not path.is_file():
-        path = None
-    return RunOutcome(run_id, path, state["error"], proc.returncode or 0)
+    """`flwr run <app_dir> <connection> --stream` against the deployment (``launch.flwr_run``):
+    the run id, the results.json it wrote (or None) and the app's `hasa-flwr: ...` error line.
+    Never hangs: after ``timeout`` the run is stopped with `flwr stop` and the outcome says so."""
+    return flwr_run(app_dir, overrides, num_supernodes=len(dep.nodes), connection=dep.connection, log=log,
+                    env=dep.env, timeout=timeout, cwd=dep.home, on_line=on_line)
 
 
 # --------------------------------------------------------------------------------------------
@@ -485,8 +441,6 @@ def measure(rounds: int, caps: tuple[float, ...], out: Path) -> dict[str, Any]:
     import json
 
     from flower_procs import simulation_superlink
-
-    from hasa_flwr.launch import flwr_run
 
     root = Path(__file__).resolve().parents[1]
     n = len(caps)

@@ -1,20 +1,21 @@
 """End to end through the real `flwr run` CLI (simulation engine on Ray)."""
 
 import json
+import subprocess
 
 import pytest
 from conftest import ROOT, medium_csv
 
-from hasa_flwr.launch import flwr_run, read_preset
+from hasa_flwr.launch import flwr_env, flwr_run, read_preset
 
 SMALL = {"num-server-rounds": 2, "embed-dim": 16, "hidden-dim": 32}
 
 
-def run(superlink, tmp_path, overrides, num_supernodes=7):
+def run(superlink, tmp_path, overrides, num_supernodes=7, timeout=600):
     log = (tmp_path / "flwr.log").open("w")
     with log:
         outcome = flwr_run(ROOT, {"results-dir": str(tmp_path / "results"), **overrides},
-                           num_supernodes=num_supernodes, env=superlink, log=log, timeout=600)
+                           num_supernodes=num_supernodes, env=superlink, log=log, timeout=timeout)
     return outcome, (tmp_path / "flwr.log").read_text()
 
 
@@ -73,3 +74,13 @@ def test_serverapp_rejects_bad_names_and_client_data_errors(superlink, tmp_path)
     outcome, _ = run(superlink, tmp_path, {**SMALL, "dataset": "medium", "data-path": str(tmp_path / "none.csv")})
     assert outcome.results is None and "medium data not found" in outcome.error
     assert not (tmp_path / "results").exists()
+
+
+def test_timeout_stops_the_run_on_the_superlink(superlink, tmp_path):
+    """Past its timeout a run is stopped on the SuperLink too, else the simulation would go on there."""
+    outcome, log = run(superlink, tmp_path, {**SMALL, "num-server-rounds": 500}, timeout=25)
+    assert outcome.results is None and outcome.run_id is not None, log[-3000:]
+    assert "did not finish within 25 s" in outcome.error
+    ls = subprocess.run(["flwr", "ls", "--run-id", str(outcome.run_id), "--format", "json"], env=flwr_env(superlink),
+                        capture_output=True, text=True, timeout=60)
+    assert json.loads(ls.stdout)["runs"][0]["status"] == "finished:stopped", ls.stdout

@@ -156,6 +156,16 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("hasa: error: unknown strategy 'bogus'")
     assert main(["report", str(tmp_path / "none")]) == 2
+    capsys.readouterr()
+    assert_usage_error(main, ["sweep", "--out", str(tmp_path), "--run-timeout", "0"], capsys,
+                       "--run-timeout: expected a positive number of seconds, got '0'")
+
+
+def assert_usage_error(main, argv, capsys, words):
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_.value.code == 2 and len(err) == 1 and words in err[0], err
 
 
 def test_real_sweep_through_flower(superlink, tmp_path):
