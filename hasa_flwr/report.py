@@ -112,7 +112,19 @@ def consistency_warnings(runs: dict[str, dict[int, dict[str, Any]]]) -> list[str
     return [f"{k} differs across runs: {sorted(map(str, v))}" for k, v in seen.items() if len(v) > 1]
 
 
-def summarize_sweep(runs: dict[str, dict[int, dict[str, Any]]], baseline: str = "uniform") -> dict[str, Any]:
+def paired_summaries(runs: dict[int, dict[str, Any]], other: dict[int, dict[str, Any]]) -> dict[str, Any]:
+    """Paired statistics of ``runs`` against ``other`` on their matched seeds, per summary."""
+    matched = sorted(set(runs) & set(other))
+    out = {}
+    for s in SUMMARIES:
+        out[s] = (paired([runs[k]["summary"][s] for k in matched], [other[k]["summary"][s] for k in matched])
+                  if matched else empty_paired())
+        out[s]["seeds"] = matched
+    return out
+
+
+def summarize_sweep(runs: dict[str, dict[int, dict[str, Any]]], baseline: str = "uniform",
+                    focus: str = "hasa") -> dict[str, Any]:
     """The summary.json payload (see the module docstring and DESIGN.md section 5)."""
     if baseline not in runs:
         raise ReportError(f"no '{baseline}' runs found (strategies: {', '.join(strategy_order(runs))}): the paired "
@@ -132,15 +144,7 @@ def summarize_sweep(runs: dict[str, dict[int, dict[str, Any]]], baseline: str = 
         for s in SUMMARIES:
             entry[s] = describe([by_seed[k]["summary"][s] for k in seeds])
         entry["client_std"] = describe([by_seed[k]["summary"]["std"] for k in seeds])
-        matched = sorted(set(seeds) & set(base))
-        by_summary = {}
-        for s in SUMMARIES:
-            if matched:
-                by_summary[s] = paired([by_seed[k]["summary"][s] for k in matched],
-                                       [base[k]["summary"][s] for k in matched])
-            else:
-                by_summary[s] = empty_paired()
-            by_summary[s]["seeds"] = matched
+        by_summary = paired_summaries(by_seed, base)
         entry["paired_vs_uniform"] = by_summary["mean"]
         entry["paired_vs_uniform_worst"] = by_summary["worst"]
         entry["paired_vs_uniform_tail"] = by_summary["tail"]
@@ -151,6 +155,9 @@ def summarize_sweep(runs: dict[str, dict[int, dict[str, Any]]], baseline: str = 
         out["strategies"][name] = entry
     out["per_client_means"] = {name: {c["name"]: c["accuracy"] for c in e["per_client"]}
                                for name, e in out["strategies"].items()}
+    if focus in runs:  # the paper's claims are about HASA against each baseline, not only uniform
+        out[f"{focus}_vs"] = {name: paired_summaries(runs[focus], runs[name])
+                              for name in strategy_order(runs) if name != focus}
     out["warnings"] = consistency_warnings(runs)
     return out
 
@@ -199,6 +206,20 @@ def summary_markdown(summary: dict[str, Any], calibration: dict[str, Any] | None
             cells += ["-" if p["mean_diff"] is None else f"{100 * p['mean_diff']:+.2f}", pval(p["wilcoxon_p"]),
                       f"{p['wins']}/{p['n']}"]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    for key, versus in summary.items():
+        if key.endswith("_vs") and isinstance(versus, dict):
+            focus = key[:-3]
+            lines += ["", f"`{focus}` paired against each strategy on matched seeds (Δ = {focus} − strategy in "
+                      f"percentage points, Wilcoxon p, seeds where {focus} is higher):", "",
+                      "| strategy | Δ mean | p | wins | Δ worst | p | wins | Δ tail | p | wins |",
+                      "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+            for name, by_summary in versus.items():
+                cells = []
+                for s in SUMMARIES:
+                    p = by_summary[s]
+                    cells += ["-" if p["mean_diff"] is None else f"{100 * p['mean_diff']:+.2f}",
+                              pval(p["wilcoxon_p"]), f"{p['wins']}/{p['n']}"]
+                lines.append(f"| {name} | " + " | ".join(cells) + " |")
     names = list(summary["strategies"])
     clients = summary["strategies"][names[0]]["per_client"]
     lines += ["", "Per-client accuracy in % (mean over seeds) and mean width:", "",

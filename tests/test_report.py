@@ -138,6 +138,13 @@ def test_unmatched_seeds_are_paired_on_the_intersection(tmp_path):
     f = summary["strategies"]["fjord"]
     assert f["seeds"] == [1, 2, 7] and f["paired_vs_uniform"]["n"] == 2
     assert f["paired_vs_uniform"]["seeds"] == [1, 2]
+    # hasa against each other strategy, same matching: Δ = hasa - other
+    v = summary["hasa_vs"]
+    assert list(v) == ["uniform", "fjord"] and v["fjord"]["worst"]["seeds"] == [1, 2]
+    hasa = load_runs(tmp_path)["hasa"]
+    assert v["fjord"]["worst"]["mean_diff"] == pytest.approx(np.mean([hasa[k]["summary"]["worst"] - w
+                                                                       for k, w in ((1, 0.1), (2, 0.2))]))
+    assert v["uniform"]["mean"] == summary["strategies"]["hasa"]["paired_vs_uniform"]
 
 
 def test_missing_uniform_is_a_clear_error(tmp_path):
