@@ -36,6 +36,8 @@ def run(grid: Grid, context: Context) -> None:
 
     if settings.score == "loss":
         scores = query_losses(grid, clients, initial, settings.budget, settings.round_timeout)
+    elif settings.score == "given":
+        scores = np.array([settings.score_values[c.partition_id] for c in clients])
     else:
         scores = scores_from_counts(settings.score, np.stack([c.label_counts for c in clients]), settings.seed)
     for c in clients:  # a SuperNode's own max-width wins over the run config's list

@@ -6,6 +6,8 @@ message that lists the valid choices instead of after minutes of training.
 
 from __future__ import annotations
 
+import math
+
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -65,6 +67,7 @@ class Settings:
     min_count: int
     wait_seconds: float
     round_timeout: float
+    score_values: tuple[float, ...] = ()   # score="given": one per partition id
 
     @property
     def model(self) -> str:
@@ -81,7 +84,7 @@ class Settings:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Settings:
         """Inverse of to_dict (results.json's "config")."""
-        return cls(**{**d, "width_caps": tuple(d["width_caps"])})
+        return cls(**{**d, "width_caps": tuple(d["width_caps"]), "score_values": tuple(d.get("score_values", ()))})
 
     def load_data(self, data_path: str | None = None) -> FederatedData:
         """The federation's data as every node derives it (``data_path`` overrides the run config's)."""
@@ -106,18 +109,31 @@ def choose(key: str, value: str, choices) -> str:
     return value
 
 
-def parse_caps(text: str, num_clients: int) -> tuple[float, ...]:
-    """'0.8' (every client) or '0.8,0.5,...' (one per partition id)."""
+def parse_per_client(key: str, text: str, num_clients: int, *, broadcast: bool) -> tuple[float, ...]:
+    """'0.8' (every client, if ``broadcast``) or '0.8,0.5,...' (one per partition id)."""
     try:
-        caps = [float(v) for v in str(text).replace(" ", "").split(",") if v]
+        values = [float(v) for v in str(text).replace(" ", "").split(",") if v]
     except ValueError:
-        raise ValueError(f"width-cap '{text}' is not a number or a comma-separated list of numbers") from None
-    if len(caps) == 1:
-        caps *= num_clients
-    if len(caps) != num_clients:
-        raise ValueError(f"width-cap lists {len(caps)} caps for {num_clients} clients: give one number or "
+        raise ValueError(f"{key} '{text}' is not a number or a comma-separated list of numbers") from None
+    if broadcast and len(values) == 1:
+        values *= num_clients
+    if len(values) != num_clients or not all(math.isfinite(v) for v in values):
+        one = "one number or " if broadcast else ""
+        raise ValueError(f"{key} lists {len(values)} finite values for {num_clients} clients: give {one}"
                          f"{num_clients} comma-separated numbers")
-    return tuple(caps)
+    return tuple(values)
+
+
+def parse_score_values(score: str, text: str, num_clients: int) -> tuple[float, ...]:
+    if score != "given":
+        if str(text).strip():
+            raise ValueError(f"score-values is only read with score='given' (score is '{score}'): set "
+                             "score='given' or drop score-values")
+        return ()
+    if not str(text).strip():
+        raise ValueError("score='given' needs score-values: one number per partition id, e.g. "
+                         "score-values='0.3,0.1,...'")
+    return parse_per_client("score-values", text, num_clients, broadcast=False)
 
 
 def positive(key: str, value: float) -> float:
@@ -148,7 +164,7 @@ def settings_from_run_config(rc: dict[str, Any]) -> Settings:
         budget_cost=choose("budget-cost", str(rc["budget-cost"]), BUDGET_COSTS),
         width_min=float(rc["width-min"]),
         width_max=float(rc["width-max"]),
-        width_caps=parse_caps(rc["width-cap"], num_clients),
+        width_caps=parse_per_client("width-cap", rc["width-cap"], num_clients, broadcast=True),
         local_epochs=int(positive("local-epochs", int(rc["local-epochs"]))),
         batch_size=int(positive("batch-size", int(rc["batch-size"]))),
         lr=positive("lr", float(rc["lr"])),
@@ -163,4 +179,5 @@ def settings_from_run_config(rc: dict[str, Any]) -> Settings:
         min_count=int(rc["min-count"]),
         wait_seconds=positive("wait-seconds", float(rc["wait-seconds"])),
         round_timeout=positive("round-timeout", float(rc["round-timeout"])),
+        score_values=parse_score_values(str(rc["score"]), rc["score-values"], num_clients),
     )

@@ -494,7 +494,15 @@ def calibration_markdown(calib: dict[str, Any]) -> str:
         lines.append(f"| {c['partition_id']} {c['name']} | {c['n_train']} | {pct(c['accuracy_full'])} | "
                      f"{pct(c['accuracy_budget'])} | {100 * c['need']:+.2f} | {c['jsd']:.4f} | {c['entropy']:.4f} | "
                      f"{c['loss']:.4f} |")
+    lines += ["", "The oracle check (does HASA gain when the score *is* the need?): the measured need as given "
+              f"scores, `--set score=given --set score-values={oracle_score_values(calib)}`"]
     return "\n".join(lines) + "\n"
+
+
+def oracle_score_values(calib: dict[str, Any]) -> str:
+    """The measured need per partition id as a `score-values` run-config string."""
+    need = {c["partition_id"]: c["need"] for c in calib["clients"]}
+    return ",".join(f"{need[i]:.5f}" for i in sorted(need))
 
 
 def write_calibration(folder: Path) -> dict[str, Any]:

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import numpy as np
 
-SCORES = ("jsd", "entropy", "loss", "random")
+# given: one value per partition id from the run config (`score-values`), for scores measured
+# elsewhere, e.g. the need for width that `hasa calibrate` measures (an oracle check of the rule)
+SCORES = ("jsd", "entropy", "loss", "random", "given")
 
 
 def smoothed(counts: np.ndarray, alpha: float = 1.0) -> np.ndarray:

@@ -21,12 +21,12 @@ import sys
 import time
 import tomllib
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from .config import STRATEGIES, settings_from_run_config
+from .config import STRATEGIES, Settings, settings_from_run_config
 from .launch import RUN_ID, RunOutcome, app_defaults, flwr_run, flwr_stop, merge_config, preflight, read_preset
 
 # Settings fields that do not change what a run computes: ignored when checking a finished run.
@@ -149,12 +149,17 @@ def comparable(settings: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in settings.items() if k not in OPERATIONAL}
 
 
+def settings_defaults() -> dict[str, Any]:
+    return {f.name: f.default for f in fields(Settings) if f.default is not MISSING}
+
+
 def config_difference(recorded: dict[str, Any], expected: dict[str, Any]) -> list[str]:
     """Human-readable differences between a recorded results.json config and the planned one."""
     rec, exp = comparable(recorded), comparable(expected)
+    defaults = settings_defaults()  # a key added after a run was recorded counts as its default there
     diffs = []
     for key in sorted(set(rec) | set(exp)):
-        a, b = rec.get(key, "<missing>"), exp.get(key, "<missing>")
+        a, b = rec.get(key, defaults.get(key, "<missing>")), exp.get(key, "<missing>")
         if isinstance(a, list):
             a = tuple(a)
         if isinstance(b, list):

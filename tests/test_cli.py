@@ -41,9 +41,13 @@ def test_console_script_exit_code(tmp_path):
     ("strategy='fedavgx'", ["unknown strategy 'fedavgx'", "fedrolex"]),
     ("budget=0.1", ["budget 0.1 is below width-min", "raise budget"]),
     ("budget=0.85", ["budget 0.85 exceeds", "width-cap"]),
-    ("width-cap='0.8,0.5'", ["2 caps for 7 clients"]),
+    ("width-cap='0.8,0.5'", ["width-cap lists 2 finite values for 7 clients"]),
     ("dataset='medium' data-path='/nonexistent/medium.csv'", ["medium data not found", "HASA_DATA_DIR"]),
     ("num-clients=7 colour=1", ["unknown run-config key(s) colour"]),
+    ("score='given'", ["score='given' needs score-values"]),
+    ("score='given' score-values='0.1,0.2'", ["score-values lists 2 finite values for 7 clients"]),
+    ("score='given' score-values='1,2,3,4,5,6,nan'", ["score-values lists 7 finite values", "comma-separated"]),
+    ("score-values='1,2,3,4,5,6,7'", ["only read with score='given'"]),
 ])
 def test_bad_input_one_line_exit_2_no_output(tmp_path, capsys, override, words):
     code, err = hasa(tmp_path, capsys, override)

@@ -41,10 +41,12 @@ def check_results(path, num_clients=7, rounds=2):
 
 
 def test_synthetic_hasa_two_rounds(superlink, tmp_path):
-    outcome, log = run(superlink, tmp_path, SMALL)
+    given = [0.3, 0.9, 0.1, 0.5, 0.7, 0.2, 0.6]  # score="given": the user's own score per partition id
+    outcome, log = run(superlink, tmp_path, {**SMALL, "score": "given", "score-values": ",".join(map(str, given))})
     assert outcome.results is not None, log[-3000:]
     res = check_results(outcome.results)
     assert res["strategy"] == "hasa" and res["config"]["dataset"] == "synthetic"
+    assert [c["score"] for c in sorted(res["clients"], key=lambda c: c["partition_id"])] == given
     # HASA: the widest subnet goes to a client with the highest score
     by_score = sorted(res["clients"], key=lambda c: c["score"])
     assert by_score[-1]["width"] >= by_score[0]["width"]

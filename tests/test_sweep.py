@@ -107,6 +107,14 @@ def test_config_mismatch_is_an_error(tmp_path):
     # operational settings (timeouts) do not count as a different config
     outcome = run_fake(out, FakeRunner(), seeds=(0,), sets={"round-timeout": 99.0})
     assert len(outcome.skipped) == 2
+    # a results.json recorded before a setting existed counts as that setting's default
+    path = out / "uniform" / "seed-0" / "results.json"
+    res = json.loads(path.read_text())
+    del res["config"]["score_values"]
+    path.write_text(json.dumps(res))
+    assert len(run_fake(out, FakeRunner(), seeds=(0,)).skipped) == 2
+    with pytest.raises(SweepError, match="score_values: recorded"):
+        run_fake(out, FakeRunner(), seeds=(0,), sets={"score": "given", "score-values": "1,2,3,4,5,6,7"})
 
 
 def test_failed_run_stops_or_keeps_going(tmp_path):
