@@ -45,7 +45,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
     outcome = sweep(Path(args.app), Path(args.out), preset=args.preset, strategies=parse_strategies(args.strategies),
                     seeds=parse_seeds(args.seeds), sets=parse_sets(args.set), federation_config=args.federation_config,
-                    keep_going=args.keep_going, progress=not args.no_progress, run_timeout=args.run_timeout)
+                    keep_going=args.keep_going, progress=not args.no_progress, run_timeout=args.run_timeout,
+                    label=args.label)
     print(f"sweep: {len(outcome.done)} run(s) done, {len(outcome.skipped)} skipped (already finished), "
           f"{len(outcome.failed)} failed; results in {Path(args.out).absolute()}")
     for key, why in outcome.failed:
@@ -78,7 +79,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     from .report import write_report
 
     paths = write_report(Path(args.folder), calibration=Path(args.calibration) if args.calibration else None,
-                         out=Path(args.out) if args.out else None)
+                         out=Path(args.out) if args.out else None, compare=Path(args.compare) if args.compare else None)
     print(paths["summary.md"].read_text())
     print("wrote " + ", ".join(str(p) for p in paths.values()))
     return 0
@@ -150,6 +151,9 @@ def build_parser() -> argparse.ArgumentParser:
                                     "simulation engine; finished runs are skipped, so re-running resumes.")
     sw.add_argument("--strategies", default=",".join(STRATEGIES),
                     help=f"comma-separated (default: all: {','.join(STRATEGIES)})")
+    sw.add_argument("--label", metavar="NAME",
+                    help="folder name for the runs of one strategy, for an ablation beside it, e.g. "
+                         "--strategies hasa --label hasa-selective --set aggregation=selective")
     add_run_options(sw, "0-9")
     sw.set_defaults(func=cmd_sweep)
 
@@ -164,6 +168,9 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("folder", help="the --out folder of `hasa sweep`")
     rep.add_argument("--calibration", metavar="DIR", help="a `hasa calibrate` folder (adds score_vs_need.png)")
     rep.add_argument("--out", help="where to write (default: the sweep folder)")
+    rep.add_argument("--compare", metavar="DIR",
+                     help="another sweep folder of the same preset: its strategies that FOLDER lacks join the tables "
+                          "(e.g. uniform and the baselines beside an ablation folder)")
     rep.set_defaults(func=cmd_report)
 
     bench = sub.add_parser("bench", help="performance benchmarks")

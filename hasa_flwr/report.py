@@ -185,7 +185,9 @@ def summary_markdown(summary: dict[str, Any], calibration: dict[str, Any] | None
              f"Data set `{setup.get('dataset')}`, {setup.get('num_clients')} clients, "
              f"{setup.get('num_rounds')} rounds, "
              f"budget B = {setup.get('budget')} ({setup.get('budget_cost')} cost), score `{setup.get('score')}`, "
-             f"aggregation `{setup.get('aggregation')}`.", "",
+             f"aggregation `{setup.get('aggregation')}`."
+             + (f" Runs of {', '.join(summary['compared_with']['strategies'])} come from "
+                f"`{summary['compared_with']['source']}`." if summary.get("compared_with") else ""), "",
              "Top-1 accuracy in % (summary.json holds fractions): mean ± t-based 95% CI over seeds. "
              "Paired columns compare with `uniform` on matched seeds: difference of the mean client accuracy "
              "(percentage points), Wilcoxon signed-rank and paired t-test p-values (two-sided), and seeds where the "
@@ -351,11 +353,19 @@ def plot_score_vs_need(calibration: dict[str, Any], path: Path) -> Path:
 # ----------------------------------------------------------------------------- report
 
 
-def write_report(folder: Path, calibration: Path | None = None, out: Path | None = None) -> dict[str, Path]:
-    """`hasa report`: summary.json, summary.md and the PNGs into ``out`` (default: the sweep folder)."""
+def write_report(folder: Path, calibration: Path | None = None, out: Path | None = None,
+                 compare: Path | None = None) -> dict[str, Path]:
+    """`hasa report`: summary.json, summary.md and the PNGs into ``out`` (default: the sweep folder).
+
+    ``compare``: a sweep folder whose strategies that ``folder`` lacks join the comparison.
+    """
     folder = Path(folder)
     out = Path(out) if out is not None else folder
-    summary = summarize_sweep(load_runs(folder))
+    runs = load_runs(folder)
+    added = {name: by_seed for name, by_seed in load_runs(compare).items() if name not in runs} if compare else {}
+    summary = summarize_sweep({**runs, **added})
+    if compare is not None:
+        summary["compared_with"] = {"source": str(compare), "strategies": strategy_order(added)}
     calib = None
     if calibration is not None:
         calib = load_calibration(Path(calibration))

@@ -30,6 +30,7 @@ from .config import STRATEGIES, Settings, settings_from_run_config
 from .launch import RUN_ID, RunOutcome, app_defaults, flwr_run, flwr_stop, merge_config, preflight, read_preset
 
 # Settings fields that do not change what a run computes: ignored when checking a finished run.
+LABEL = re.compile(r"[A-Za-z0-9._-]+")
 OPERATIONAL = ("results_dir", "data_path", "wait_seconds", "round_timeout")
 ROUND_LINE = re.compile(r"round (\d+): mean accuracy ([0-9.]+)")
 
@@ -187,9 +188,17 @@ def existing_result(run_dir: Path, expected: dict[str, Any]) -> bool:
     return True
 
 
-def strategy_jobs(strategies: list[str], seeds: list[int]) -> list[Job]:
-    """Seed-major order, so an interrupted sweep has complete seeds for every strategy."""
-    return [Job(s, k, {"strategy": s}) for k in seeds for s in strategies]
+def strategy_jobs(strategies: list[str], seeds: list[int], label: str | None = None) -> list[Job]:
+    """Seed-major order, so an interrupted sweep has complete seeds for every strategy.
+
+    ``label`` names the folder of a one-strategy sweep (an ablation with --set values) so that it
+    can sit beside the plain strategy, e.g. hasa-selective/ next to hasa/."""
+    if label is not None:
+        if len(strategies) != 1:
+            raise ValueError(f"--label names the runs of one strategy, got {len(strategies)}: pass one --strategies")
+        if not LABEL.fullmatch(label) or label.startswith("."):
+            raise ValueError(f"--label '{label}' is not a plain folder name (letters, digits, '.', '_', '-')")
+    return [Job(label or s, k, {"strategy": s}) for k in seeds for s in strategies]
 
 
 # ----------------------------------------------------------------------------- provenance
@@ -398,15 +407,15 @@ def run_jobs(out: Path, base: dict[str, Any], jobs: list[Job], runner: Runner, *
 def sweep(app: Path, out: Path, *, preset: str | None, strategies: list[str], seeds: list[int],
           sets: dict[str, Any], runner: Runner | None = None, env: dict[str, str] | None = None,
           federation_config: str = "", keep_going: bool = False, progress: bool = True,
-          command: str | None = None, run_timeout: float | None = None) -> SweepOutcome:
+          command: str | None = None, run_timeout: float | None = None, label: str | None = None) -> SweepOutcome:
     """`hasa sweep`: the preset over strategies x seeds into ``out``."""
     app = Path(app).absolute()
     base = base_config(app, preset, sets)
     meta = {"kind": "sweep", "preset": str(preset) if preset else None,
             "preset_config": read_preset(preset) if preset else {}, "overrides": sets, "app": str(app),
             "federation_config": federation_config or f"num-supernodes={base['num-clients']}",
-            "strategies": strategies, "seeds": seeds}
-    return run_jobs(out, base, strategy_jobs(strategies, seeds), runner or default_runner(app, env, run_timeout),
+            "strategies": strategies, "seeds": seeds, **({"label": label} if label else {})}
+    return run_jobs(out, base, strategy_jobs(strategies, seeds, label), runner or default_runner(app, env, run_timeout),
                     federation_config=federation_config, keep_going=keep_going, progress=progress, meta=meta,
                     command=command)
 

@@ -195,3 +195,20 @@ def test_calibration_analysis_and_score_vs_need(tmp_path):
     assert paths["score_vs_need.png"].stat().st_size > 1000
     assert "Score validity" in paths["summary.md"].read_text()
     assert json.loads(paths["summary.json"].read_text())["calibration"]["spearman"]["jsd"]["rho"] is not None
+
+
+def test_compare_adds_the_strategies_a_folder_lacks(tmp_path):
+    main_runs, ablation = tmp_path / "runs", tmp_path / "ablation"
+    make_sweep(main_runs)
+    for k in range(5):
+        write_fake(ablation, "hasa-oracle", k, [0.3] * 7)
+        write_fake(ablation, "hasa", k, [0.01] * 7)   # a same-named folder here wins over the compared one
+    with pytest.raises(ReportError, match="no 'uniform' runs"):
+        write_report(ablation)
+    paths = write_report(ablation, compare=main_runs)
+    summary = json.loads(paths["summary.json"].read_text())
+    assert list(summary["strategies"]) == ["uniform", "hasa", "hasa-oracle"]
+    assert summary["compared_with"]["strategies"] == ["uniform"]
+    assert summary["strategies"]["hasa"]["mean"]["mean"] == pytest.approx(0.01)
+    assert summary["hasa_vs"]["hasa-oracle"]["mean"]["wins"] == 0
+    assert "Runs of uniform come from" in paths["summary.md"].read_text()

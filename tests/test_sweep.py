@@ -211,3 +211,20 @@ def test_real_sweep_through_flower(superlink, tmp_path):
     again = sweep(ROOT, out, preset=None, strategies=["uniform", "hasa"], seeds=[0], sets=SMALL,
                   runner=FakeRunner(), progress=False)
     assert again.done == [] and len(again.skipped) == 2
+
+
+def test_label_puts_an_ablation_beside_its_strategy(tmp_path):
+    out = tmp_path / "runs"
+    run_fake(out, FakeRunner(), seeds=(0,))
+    runner = FakeRunner()
+    outcome = run_fake(out, runner, strategies=("hasa",), seeds=(0, 1), sets={"aggregation": "selective"},
+                       label="hasa-selective")
+    assert outcome.done == ["hasa-selective/seed-0", "hasa-selective/seed-1"]
+    assert [c[0] for c in runner.calls] == ["hasa", "hasa"]
+    res = json.loads((out / "hasa-selective" / "seed-0" / "results.json").read_text())
+    assert res["config"]["aggregation"] == "selective" and res["strategy"] == "hasa"
+    assert json.loads((out / "hasa" / "seed-0" / "results.json").read_text())["config"]["aggregation"] == "full"
+    with pytest.raises(ValueError, match="one strategy"):
+        run_fake(out, FakeRunner(), label="x")
+    with pytest.raises(ValueError, match="not a plain folder name"):
+        run_fake(out, FakeRunner(), strategies=("hasa",), label="../x")
