@@ -34,6 +34,24 @@ def test_width_one_equals_fedavg(mode):
         torch.testing.assert_close(out[name].double(), want, atol=1e-6, rtol=0)
 
 
+@pytest.mark.parametrize("extraction", ["prefix", "rolling"])
+def test_equal_units_make_full_and_selective_bit_identical(extraction):
+    """Every client training the same units (uniform widths, prefix or FedRolex): the two modes
+    give the same bits, so `uniform` runs serve as the baseline of a `selective` ablation."""
+    model = LSTMLanguageModel(17, 6, 5)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    sizes = {"embed": 6, "hidden": 5}
+    idx = select_units(extraction, 0.5, sizes, server_round=3, seed=0, client=0)
+    sub = extract(state, model.slicing_spec(), idx, sizes)
+    g = torch.Generator().manual_seed(1)
+    updates = [Update(idx, {k: v + torch.randn(v.shape, generator=g) for k, v in sub.items()}, w)
+               for w in (3.0, 17.0, 5.0)]
+    full = aggregate(state, updates, model.slicing_spec(), sizes, "full")
+    selective = aggregate(state, updates, model.slicing_spec(), sizes, "selective")
+    for name in state:
+        assert torch.equal(full[name], selective[name]), name
+
+
 # ----------------------------------------------------------------------------- hand example
 
 TINY_SPEC = {"a": (Axis("h"),), "b": (None, Axis("h")), "g": (Axis("h", blocks=2),)}
