@@ -98,8 +98,8 @@ def flwr_run(app_dir: Path, overrides: dict[str, Any], *, num_supernodes: int, f
 
     ``overrides`` must hold an absolute ``results-dir``: a reused local SuperLink keeps the
     working directory of the `flwr run` that started it, so relative paths would land there.
-    ``on_line`` sees every streamed line (to act mid-run). After ``timeout`` seconds the run is
-    stopped on the SuperLink (`flwr stop`, else it would go on there) and the outcome says so.
+    ``on_line`` sees every streamed line (to act mid-run). After ``timeout`` seconds, or on Ctrl-C,
+    the run is stopped on the SuperLink (`flwr stop`, else it would go on there).
     """
     results_dir = Path(overrides["results-dir"])
     if not results_dir.is_absolute():
@@ -137,6 +137,10 @@ def flwr_run(app_dir: Path, overrides: dict[str, Any], *, num_supernodes: int, f
             flwr_stop(seen["run_id"], connection, env, cwd)
         seen["error"] = (f"flwr run did not finish within {timeout:g} s (run {seen['run_id']} stopped); "
                          "raise the timeout or make the run smaller")
+    except KeyboardInterrupt:  # Ctrl-C ends the CLI; without a stop the run would go on in the SuperLink
+        if seen["run_id"] is not None:
+            flwr_stop(seen["run_id"], connection, env, cwd)
+        raise
     finally:
         if proc.poll() is None:
             proc.kill()

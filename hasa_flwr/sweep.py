@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import STRATEGIES, Settings, settings_from_run_config
-from .launch import RUN_ID, RunOutcome, app_defaults, flwr_run, flwr_stop, merge_config, preflight, read_preset
+from .launch import RUN_ID, RunOutcome, app_defaults, flwr_run, merge_config, preflight, read_preset
 
 # Settings fields that do not change what a run computes: ignored when checking a finished run.
 LABEL = re.compile(r"[A-Za-z0-9._-]+")
@@ -266,7 +266,7 @@ def update_manifest(out: Path, meta: dict[str, Any], command: str) -> dict[str, 
 
 class LogTee:
     """File-like: writes the flwr output to a log file, reports round progress lines and
-    remembers the run id (to stop the run if the sweep is interrupted)."""
+    remembers the run id (to name the run that an interrupt stopped)."""
 
     def __init__(self, path: Path, on_round: Callable[[int, float], None] | None = None) -> None:
         self.file = path.open("w")
@@ -288,16 +288,13 @@ class LogTee:
 
 
 class FlwrRunner:
-    """``launch.flwr_run`` on one app; ``stop`` asks the SuperLink to stop a run (`flwr stop`)."""
+    """``launch.flwr_run`` on one app."""
 
     def __init__(self, app: Path, env: dict[str, str] | None = None, timeout: float | None = None) -> None:
         self.app, self.env, self.timeout = Path(app), env, timeout
 
     def __call__(self, config: dict[str, Any], **kw: Any) -> RunOutcome:
         return flwr_run(self.app, config, env=self.env, timeout=self.timeout, **kw)
-
-    def stop(self, run_id: int) -> None:
-        flwr_stop(run_id, env=self.env)
 
 
 def default_runner(app: Path, env: dict[str, str] | None = None, timeout: float | None = None) -> Runner:
@@ -361,9 +358,8 @@ def run_jobs(out: Path, base: dict[str, Any], jobs: list[Job], runner: Runner, *
                 result = runner(config, num_supernodes=settings.num_clients,
                                 federation_config=with_supernodes(federation_config, settings.num_clients), log=log)
             except KeyboardInterrupt:
-                if log.run_id is not None and hasattr(runner, "stop"):
-                    say(f"interrupted: stopping Flower run {log.run_id} ({job.key})")
-                    runner.stop(log.run_id)  # else the simulation would go on in the SuperLink
+                if log.run_id is not None:  # flwr_run has asked the SuperLink to stop it
+                    say(f"interrupted: stopped Flower run {log.run_id} ({job.key})")
                 raise
             finally:
                 log.close()

@@ -1,7 +1,11 @@
 """End to end through the real `flwr run` CLI (simulation engine on Ray)."""
 
 import json
+import os
+import re
+import signal
 import subprocess
+import sys
 
 import pytest
 from conftest import ROOT, medium_csv
@@ -83,6 +87,35 @@ def test_timeout_stops_the_run_on_the_superlink(superlink, tmp_path):
     outcome, log = run(superlink, tmp_path, {**SMALL, "num-server-rounds": 500}, timeout=25)
     assert outcome.results is None and outcome.run_id is not None, log[-3000:]
     assert "did not finish within 25 s" in outcome.error
-    ls = subprocess.run(["flwr", "ls", "--run-id", str(outcome.run_id), "--format", "json"], env=flwr_env(superlink),
+    assert run_status(superlink, outcome.run_id) == "finished:stopped"
+
+
+def run_status(superlink, run_id: int) -> str:
+    ls = subprocess.run(["flwr", "ls", "--run-id", str(run_id), "--format", "json"], env=flwr_env(superlink),
                         capture_output=True, text=True, timeout=60)
-    assert json.loads(ls.stdout)["runs"][0]["status"] == "finished:stopped", ls.stdout
+    return json.loads(ls.stdout)["runs"][0]["status"]
+
+
+def test_ctrl_c_stops_the_run_on_the_superlink(superlink, tmp_path):
+    """Ctrl-C in a terminal (SIGINT to the process group) ends `flwr run` and stops the run itself."""
+    config = {**SMALL, "num-server-rounds": 500, "results-dir": str(tmp_path / "results")}
+    code = ("import sys; from pathlib import Path; from hasa_flwr.launch import flwr_run; "
+            f"flwr_run(Path({str(ROOT)!r}), {config!r}, num_supernodes=7, log=sys.stdout)")
+    proc = subprocess.Popen([sys.executable, "-c", code], env={**os.environ, **superlink}, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    seen, run_id = [], None
+    try:
+        for line in proc.stdout:
+            seen.append(line)
+            if run_id is None and (m := re.search(r"Successfully started run (\d+)", line)):
+                run_id = int(m.group(1))
+            if run_id is not None and "[ROUND 1/" in line:
+                os.killpg(proc.pid, signal.SIGINT)
+                break
+        proc.wait(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert run_id is not None, "".join(seen)[-3000:]
+    assert proc.returncode != 0
+    assert run_status(superlink, run_id) == "finished:stopped"
