@@ -112,6 +112,12 @@ def consistency_warnings(runs: dict[str, dict[int, dict[str, Any]]]) -> list[str
     return [f"{k} differs across runs: {sorted(map(str, v))}" for k, v in seen.items() if len(v) > 1]
 
 
+def full_width_mean(res: dict[str, Any]) -> float | None:
+    """Unweighted mean over clients of the full-width model's accuracy (None if any is missing)."""
+    values = [c.get("full_width_accuracy") for c in res["clients"]]
+    return None if any(v is None for v in values) else float(np.mean(values))
+
+
 def paired_summaries(runs: dict[int, dict[str, Any]], other: dict[int, dict[str, Any]]) -> dict[str, Any]:
     """Paired statistics of ``runs`` against ``other`` on their matched seeds, per summary."""
     matched = sorted(set(runs) & set(other))
@@ -144,6 +150,9 @@ def summarize_sweep(runs: dict[str, dict[int, dict[str, Any]]], baseline: str = 
         for s in SUMMARIES:
             entry[s] = describe([by_seed[k]["summary"][s] for k in seeds])
         entry["client_std"] = describe([by_seed[k]["summary"]["std"] for k in seeds])
+        full = [full_width_mean(by_seed[k]) for k in seeds]
+        if all(v is not None for v in full):  # rolling/random units are trained for the full model, not a prefix
+            entry["full_width_mean"] = describe(full)
         by_summary = paired_summaries(by_seed, base)
         entry["paired_vs_uniform"] = by_summary["mean"]
         entry["paired_vs_uniform_worst"] = by_summary["worst"]
@@ -191,14 +200,18 @@ def summary_markdown(summary: dict[str, Any], calibration: dict[str, Any] | None
              "Top-1 accuracy in % (summary.json holds fractions): mean ± t-based 95% CI over seeds. "
              "Paired columns compare with `uniform` on matched seeds: difference of the mean client accuracy "
              "(percentage points), Wilcoxon signed-rank and paired t-test p-values (two-sided), and seeds where the "
-             "strategy's mean beats uniform's.", "",
-             "| strategy | seeds | mean | worst | tail | Δ mean vs uniform | Wilcoxon p | t-test p | wins/n |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "strategy's mean beats uniform's. The last column is the mean client accuracy of the full-width "
+             "supernet (what rolling and random extraction train for; the headline metric evaluates each client's "
+             "width-w prefix, which they never train as one unit).", "",
+             "| strategy | seeds | mean | worst | tail | Δ mean vs uniform | Wilcoxon p | t-test p | wins/n | "
+             "full-width model |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for name, e in summary["strategies"].items():
         p = e["paired_vs_uniform"]
         diff = "-" if p["mean_diff"] is None else f"{100 * p['mean_diff']:+.2f}"
+        full = pm(e["full_width_mean"]) if "full_width_mean" in e else "-"
         lines.append(f"| {name} | {len(e['seeds'])} | {pm(e['mean'])} | {pm(e['worst'])} | {pm(e['tail'])} | {diff} | "
-                     f"{pval(p['wilcoxon_p'])} | {pval(p['ttest_p'])} | {p['wins']}/{p['n']} |")
+                     f"{pval(p['wilcoxon_p'])} | {pval(p['ttest_p'])} | {p['wins']}/{p['n']} | {full} |")
     lines += ["", "Worst and tail clients, paired against uniform (Δ in percentage points, Wilcoxon p, wins/n):", "",
               "| strategy | Δ worst | p | wins | Δ tail | p | wins |", "|---|---:|---:|---:|---:|---:|---:|"]
     for name, e in summary["strategies"].items():

@@ -105,6 +105,8 @@ def test_report_schema_and_numbers(tmp_path):
     assert h["mean"]["ci95"] == pytest.approx(t * np.std(means, ddof=1) / math.sqrt(5))
     tails = [summarize(accs[("hasa", k)])["tail"] for k in range(5)]
     assert h["tail"]["mean"] == pytest.approx(np.mean(tails))
+    # fake full-width accuracy = accuracy + 0.01 per client
+    assert h["full_width_mean"]["mean"] == pytest.approx(np.mean(means) + 0.01)
     p = h["paired_vs_uniform"]
     assert set(p) >= {"mean_diff", "wilcoxon_p", "ttest_p", "wins"}
     assert p["wins"] == 4 and p["n"] == 5
