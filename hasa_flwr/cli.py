@@ -78,7 +78,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from .report import write_report
 
-    paths = write_report(Path(args.folder), calibration=Path(args.calibration) if args.calibration else None,
+    paths = write_report(Path(args.folder), calibration=[Path(c) for c in args.calibration],
                          out=Path(args.out) if args.out else None, compare=Path(args.compare) if args.compare else None)
     print(paths["summary.md"].read_text())
     print("wrote " + ", ".join(str(p) for p in paths.values()))
@@ -166,7 +166,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     rep = sub.add_parser("report", help="summary.json, summary.md and PNG plots from a sweep folder")
     rep.add_argument("folder", help="the --out folder of `hasa sweep`")
-    rep.add_argument("--calibration", metavar="DIR", help="a `hasa calibrate` folder (adds score_vs_need.png)")
+    rep.add_argument("--calibration", metavar="DIR", action="append", default=[],
+                     help="a `hasa calibrate` folder (adds score_vs_need.png); repeat it to put other data sets' "
+                          "score validity in the same table")
     rep.add_argument("--out", help="where to write (default: the sweep folder)")
     rep.add_argument("--compare", metavar="DIR",
                      help="another sweep folder of the same preset: its strategies that FOLDER lacks join the tables "

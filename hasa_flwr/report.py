@@ -188,7 +188,7 @@ def pval(p: float | None) -> str:
     return f"{p:.2g}" if p < 0.001 else f"{p:.3f}"
 
 
-def summary_markdown(summary: dict[str, Any], calibration: dict[str, Any] | None = None) -> str:
+def summary_markdown(summary: dict[str, Any], calibrations: list[dict[str, Any]] | None = None) -> str:
     setup = summary.get("setup", {})
     lines = ["# Sweep summary", "",
              f"Data set `{setup.get('dataset')}`, {setup.get('num_clients')} clients, "
@@ -248,10 +248,20 @@ def summary_markdown(summary: dict[str, Any], calibration: dict[str, Any] | None
         lines.append(f"| {c['partition_id']} {c['name']} | {n_train} | " + " | ".join(cells) + " |")
     if summary.get("warnings"):
         lines += ["", "**Warnings:** " + "; ".join(summary["warnings"])]
-    if calibration is not None:
-        lines += ["", calibration_markdown(calibration)]
+    calibrations = calibrations or []
+    if len(calibrations) > 1:
+        lines += ["", "## Score validity, all data sets", "",
+                  "Spearman rho (p) between each score and the measured need for width, per data set:", "",
+                  "| data set | seeds | " + " | ".join(CALIBRATION_SCORES) + " |",
+                  "|---|---|" + "---:|" * len(CALIBRATION_SCORES)]
+        for c in calibrations:
+            cells = ["-" if c["spearman"][s]["rho"] is None else
+                     f"{c['spearman'][s]['rho']:+.2f} ({pval(c['spearman'][s]['p'])})" for s in CALIBRATION_SCORES]
+            lines.append(f"| {c['dataset']} | {len(c['seeds'])} | " + " | ".join(cells) + " |")
+    for c in calibrations:
+        lines += ["", calibration_markdown(c)]
     lines += ["", "Plots: per_client.png, convergence.png, score_vs_width.png"
-              + (", score_vs_need.png" if calibration is not None else "") + "."]
+              + (", score_vs_need.png" if calibrations else "") + "."]
     return "\n".join(lines) + "\n"
 
 
@@ -366,11 +376,13 @@ def plot_score_vs_need(calibration: dict[str, Any], path: Path) -> Path:
 # ----------------------------------------------------------------------------- report
 
 
-def write_report(folder: Path, calibration: Path | None = None, out: Path | None = None,
+def write_report(folder: Path, calibration: Path | list[Path] | None = None, out: Path | None = None,
                  compare: Path | None = None) -> dict[str, Path]:
     """`hasa report`: summary.json, summary.md and the PNGs into ``out`` (default: the sweep folder).
 
-    ``compare``: a sweep folder whose strategies that ``folder`` lacks join the comparison.
+    ``calibration``: one calibration folder, or several (the first is this sweep's data set; the
+    others join the score-validity table, e.g. Medium beside digits). ``compare``: a sweep folder
+    whose strategies that ``folder`` lacks join the comparison.
     """
     folder = Path(folder)
     out = Path(out) if out is not None else folder
@@ -379,11 +391,14 @@ def write_report(folder: Path, calibration: Path | None = None, out: Path | None
     summary = summarize_sweep({**runs, **added})
     if compare is not None:
         summary["compared_with"] = {"source": str(compare), "strategies": strategy_order(added)}
-    calib = None
-    if calibration is not None:
-        calib = load_calibration(Path(calibration))
-        summary["calibration"] = {"source": str(calibration), "dataset": calib["dataset"],
+    sources = [Path(calibration)] if isinstance(calibration, (str, Path)) else [Path(c) for c in calibration or []]
+    calibs = [load_calibration(c) for c in sources]
+    calib = calibs[0] if calibs else None
+    if calib is not None:
+        summary["calibration"] = {"source": str(sources[0]), "dataset": calib["dataset"],
                                   "spearman": calib["spearman"]}
+        summary["score_validity"] = [{"source": str(src), "dataset": c["dataset"], "seeds": c["seeds"],
+                                      "spearman": c["spearman"]} for src, c in zip(sources, calibs)]
     summary["source"] = str(folder)
     manifest = folder / "sweep.json"
     if manifest.is_file():
@@ -392,7 +407,7 @@ def write_report(folder: Path, calibration: Path | None = None, out: Path | None
     out.mkdir(parents=True, exist_ok=True)
     paths = {"summary.json": out / "summary.json", "summary.md": out / "summary.md"}
     paths["summary.json"].write_text(json.dumps(summary, indent=1) + "\n")
-    paths["summary.md"].write_text(summary_markdown(summary, calib))
+    paths["summary.md"].write_text(summary_markdown(summary, calibs))
     paths["per_client.png"] = plot_per_client(summary, out / "per_client.png")
     paths["convergence.png"] = plot_convergence(summary, out / "convergence.png")
     paths["score_vs_width.png"] = plot_score_vs_width(summary, out / "score_vs_width.png")

@@ -197,6 +197,12 @@ def test_calibration_analysis_and_score_vs_need(tmp_path):
     assert paths["score_vs_need.png"].stat().st_size > 1000
     assert "Score validity" in paths["summary.md"].read_text()
     assert json.loads(paths["summary.json"].read_text())["calibration"]["spearman"]["jsd"]["rho"] is not None
+    # a second calibration folder joins the score-validity table
+    paths = write_report(sweep, calibration=[calib, calib])
+    summary = json.loads(paths["summary.json"].read_text())
+    assert [v["dataset"] for v in summary["score_validity"]] == ["synthetic", "synthetic"]
+    md = paths["summary.md"].read_text()
+    assert "## Score validity, all data sets" in md and md.count("| synthetic | 2 |") == 2
 
 
 def test_compare_adds_the_strategies_a_folder_lacks(tmp_path):
