@@ -239,9 +239,8 @@ def plain_loop(settings, widths: list[float], *, num_threads: int) -> PlainTimes
         final = rnd == settings.num_rounds
         accs = []
         for client, width in zip(fed.clients, widths):
-            full = sub_model(1.0, state)  # as client.prefix_model: load full, cut the prefix, load it
-            prefix = extract(full.state_dict(), full.slicing_spec(), select_units("prefix", width, sizes), sizes)
-            accs.append(evaluate(sub_model(width, prefix), client.x_test, client.y_test)["accuracy"])
+            prefix = settings.prefix_of(sub_model(1.0, state), fed.num_classes, width)  # as client.prefix_model
+            accs.append(evaluate(prefix, client.x_test, client.y_test)["accuracy"])
             if final:
                 evaluate(sub_model(1.0, state), client.x_test, client.y_test)
         t_eval = time.perf_counter() - t0
@@ -261,7 +260,6 @@ def message_costs(settings, config: dict[str, Any], widths: list[float]) -> dict
     - pickle: Ray's (cloud)pickling of (message, context) to the actor and of the reply back, with bytes;
     - setup: the ClientApp's per-message setup (run config parsing, cached data lookup).
     """
-    import torch
     from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 
     try:

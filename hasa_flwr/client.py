@@ -12,7 +12,6 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 
 from .config import Settings, settings_from_run_config
 from .data import ClientData
-from .subnet import extract, select_units
 from .train import OrderedDropout, evaluate, train
 
 
@@ -38,10 +37,7 @@ def load_model(settings: Settings, num_classes: int, arrays: ArrayRecord, width:
 
 def prefix_model(settings: Settings, num_classes: int, arrays: ArrayRecord, width: float) -> torch.nn.Module:
     """The deployable width-``width`` prefix of a full supernet."""
-    full = load_model(settings, num_classes, arrays, 1.0)
-    sizes = settings.sizes
-    sub = extract(full.state_dict(), full.slicing_spec(), select_units("prefix", width, sizes), sizes)
-    return load_model(settings, num_classes, ArrayRecord(sub), width)
+    return settings.prefix_of(load_model(settings, num_classes, arrays, 1.0), num_classes, width)
 
 
 def query_stats(msg: Message, context: Context) -> Message:

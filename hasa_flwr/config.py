@@ -7,7 +7,6 @@ message that lists the valid choices instead of after minutes of training.
 from __future__ import annotations
 
 import math
-
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -18,7 +17,7 @@ from .allocation import RULES
 from .data import DATASETS, FederatedData, load_federated
 from .models import build_model, full_sizes
 from .scores import SCORES
-from .subnet import EXTRACTIONS
+from .subnet import EXTRACTIONS, extract, select_units
 from .train import OPTIMIZERS
 
 # strategy -> (allocation rule, extraction); `allocation` / `extraction` keys override either axis
@@ -96,6 +95,13 @@ class Settings:
     def build(self, num_classes: int, width: float = 1.0) -> torch.nn.Module:
         """The width-``width`` member of this run's supernet family (random weights)."""
         return build_model(self.model, num_classes, self.sizes, width, scaler=self.scaler)
+
+    def prefix_of(self, full: torch.nn.Module, num_classes: int, width: float) -> torch.nn.Module:
+        """The deployable width-``width`` prefix subnet of a full supernet (what clients evaluate)."""
+        sub = self.build(num_classes, width)
+        sub.load_state_dict(extract(full.state_dict(), full.slicing_spec(), select_units("prefix", width, self.sizes),
+                                    self.sizes))
+        return sub
 
     def initial_model(self, num_classes: int) -> torch.nn.Module:
         """The full supernet every strategy starts from for this seed (matched seeds)."""

@@ -441,7 +441,6 @@ def client_scores(config: dict[str, Any]) -> dict[str, np.ndarray]:
     """
     from .config import Settings
     from .scores import entropy_scores, jsd_scores
-    from .subnet import extract, select_units
     from .train import evaluate
 
     data_path = str(config.get("data_path", ""))
@@ -451,9 +450,7 @@ def client_scores(config: dict[str, Any]) -> dict[str, np.ndarray]:
     fed = settings.load_data()
     counts = np.stack([c.label_counts(fed.num_classes) for c in fed.clients])
     full = settings.initial_model(fed.num_classes)
-    width, sizes = settings.budget, settings.sizes
-    sub = settings.build(fed.num_classes, width)
-    sub.load_state_dict(extract(full.state_dict(), full.slicing_spec(), select_units("prefix", width, sizes), sizes))
+    sub = settings.prefix_of(full, fed.num_classes, settings.budget)
     losses = np.array([evaluate(sub, c.x_train, c.y_train)["loss"] for c in fed.clients])
     return {"jsd": jsd_scores(counts), "entropy": entropy_scores(counts), "loss": losses}
 

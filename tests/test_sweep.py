@@ -28,7 +28,7 @@ class FakeRunner:
         settings = settings_from_run_config(config)
         self.calls.append((settings.strategy, settings.seed, num_supernodes))
         run_id = len(self.calls)
-        log.write(f"round 1: mean accuracy 0.1000, worst 0.0500 (7 clients)\n")
+        log.write("round 1: mean accuracy 0.1000, worst 0.0500 (7 clients)\n")
         if (settings.strategy, settings.seed) == self.fail_on:
             return RunOutcome(run_id, None, "node 3 failed in train: boom", 0)
         accs = [0.1 + 0.01 * settings.seed + 0.001 * i for i in range(settings.num_clients)]

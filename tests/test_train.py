@@ -11,7 +11,7 @@ from torch import nn
 
 from hasa_flwr.aggregation import Update, aggregate
 from hasa_flwr.data import IGNORE_INDEX
-from hasa_flwr.models import LSTMLanguageModel, WidthCNN, build_model
+from hasa_flwr.models import LSTMLanguageModel, build_model
 from hasa_flwr.subnet import extract, select_units
 from hasa_flwr.train import FJORD_LEVELS, OrderedDropout, evaluate, loss_fn, make_optimizer, train
 
