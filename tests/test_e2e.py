@@ -6,6 +6,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 
 import pytest
 from conftest import ROOT, medium_csv
@@ -112,6 +113,8 @@ def test_ctrl_c_stops_the_run_on_the_superlink(superlink, tmp_path):
             if run_id is not None and "[ROUND 1/" in line:
                 os.killpg(proc.pid, signal.SIGINT)
                 break
+        # keep draining: a full pipe would block the child's last writes and its exit
+        threading.Thread(target=lambda: seen.extend(proc.stdout), daemon=True).start()
         proc.wait(timeout=120)
     finally:
         if proc.poll() is None:
