@@ -56,6 +56,22 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     return 1 if outcome.failed else 0
 
 
+def cmd_grid(args: argparse.Namespace) -> int:
+    from .grid import read_grid, run_grid
+    from .sweep import parse_seeds
+
+    grid = read_grid(args.grid)
+    cells = [c for c in args.cells.split(",") if c] if args.cells else None
+    outcome = run_grid(Path(args.app), grid, Path(args.out), seeds=parse_seeds(args.seeds) if args.seeds else None,
+                       cells=cells, federation_config=args.federation_config, keep_going=args.keep_going,
+                       progress=not args.no_progress, run_timeout=args.run_timeout)
+    print(f"grid: {len(outcome.done)} run(s) done, {len(outcome.skipped)} skipped (already finished), "
+          f"{len(outcome.failed)} failed; results in {Path(args.out).absolute()}")
+    for key, why in outcome.failed:
+        print(f"hasa: error: {key} failed: {why}", file=sys.stderr)
+    return 1 if outcome.failed else 0
+
+
 def cmd_calibrate(args: argparse.Namespace) -> int:
     from .report import write_calibration
     from .sweep import calibrate, parse_seeds, parse_sets
@@ -156,6 +172,21 @@ def build_parser() -> argparse.ArgumentParser:
                          "--strategies hasa --label hasa-selective --set aggregation=selective")
     add_run_options(sw, "0-9")
     sw.set_defaults(func=cmd_sweep)
+
+    gr = sub.add_parser("grid", help="a research map: every cell of a grid file x its arms x seeds (resumable)",
+                        description="Runs <out>/<cell>/<arm>/seed-<k>/results.json, seed-major over the whole grid, "
+                                    "one `flwr run` each; finished runs are skipped, so re-running resumes.")
+    gr.add_argument("grid", help="grid file (TOML: preset, seeds, [fixed], [axes], [arms])")
+    gr.add_argument("--out", required=True, help="output folder; re-running the same command resumes it")
+    gr.add_argument("--seeds", default=None, help="seeds (default: the grid file's), e.g. 3-9 to extend cells")
+    gr.add_argument("--cells", default=None, help="comma-separated cell names (default: every cell)")
+    gr.add_argument("--app", default=".", help="the hasa-flwr app folder (default: .)")
+    gr.add_argument("--federation-config", default="", help="passed to flwr run (default: num-supernodes=<num-clients>)")
+    gr.add_argument("--keep-going", action="store_true", help="go on after a failed run and list the failures at the end")
+    gr.add_argument("--no-progress", action="store_true", help="no progress bar")
+    gr.add_argument("--run-timeout", type=positive_seconds, default=None, metavar="SECONDS",
+                    help="stop a run that takes longer than this")
+    gr.set_defaults(func=cmd_grid)
 
     cal = sub.add_parser("calibrate", help="score validity: uniform runs at width 1.0 and at width B, then "
                          "Spearman(score, need for width)",

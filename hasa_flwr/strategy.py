@@ -21,6 +21,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from .aggregation import Update, aggregate, check_update
+from .metrics import summarize
 from .subnet import Indices, Spec, extract, hash_seed, select_units
 
 
@@ -224,8 +225,11 @@ class HasaStrategy(Strategy):
                 accs.append(c.metrics["accuracy"])
         if not accs:
             return None
-        row = {"round": server_round, "train_loss": self._train_loss, "mean": float(np.mean(accs)),
-               "worst": float(np.min(accs)), "seconds": time.perf_counter() - self._round_start}
+        # every round's per-client accuracies, so a long run also answers for its shorter prefixes
+        row = {"round": server_round, "train_loss": self._train_loss, **summarize(accs),
+               "clients": len(accs), "accuracies": {str(c.partition_id): c.metrics.get("accuracy")
+                                                      for c in self.clients.values()},
+               "seconds": time.perf_counter() - self._round_start}
         self.history.append(row)
         log(INFO, "round %d: mean accuracy %.4f, worst %.4f (%d clients)", server_round, row["mean"],
             row["worst"], len(accs))

@@ -228,6 +228,20 @@ def hardware() -> dict[str, Any]:
             "torch": torch.__version__, "flwr": flwr_version}
 
 
+def git_commit(folder: Path) -> str | None:
+    """The app's commit (with ``+dirty`` when its tracked files differ): which code made a result."""
+    import subprocess
+
+    try:
+        head = subprocess.run(["git", "-C", str(folder), "rev-parse", "HEAD"], capture_output=True, text=True,
+                              timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(folder), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return head + ("+dirty" if dirty else "")
+
+
 def command_line(argv: list[str] | None = None) -> str:
     argv = sys.argv if argv is None else argv
     return shlex.join(["hasa", *argv[1:]] if argv and Path(argv[0]).name in ("hasa", "cli.py") else argv)
@@ -255,7 +269,8 @@ def update_manifest(out: Path, meta: dict[str, Any], command: str) -> dict[str, 
     manifest["hardware"] = hardware()
     manifest.setdefault("invocations", []).append(
         {"command": command, "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-         "overrides": meta.get("overrides"), "hardware": manifest["hardware"]})
+         "overrides": meta.get("overrides"), "hardware": manifest["hardware"],
+         "commit": git_commit(Path(meta["app"])) if meta.get("app") else None})
     manifest.setdefault("runs", {})
     write_json(path, manifest)
     return manifest
