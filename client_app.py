@@ -5,6 +5,7 @@ from flwr.clientapp import ClientApp
 from hasa_flwr import client
 
 app = ClientApp()
+app.query("vocab")(client.query_vocab)
 app.query("stats")(client.query_stats)
 app.query("loss")(client.query_loss)
 app.train()(client.train_subnet)

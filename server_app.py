@@ -1,41 +1,75 @@
-"""Flower ServerApp: run config -> query round -> allocation -> HASA rounds -> results.json."""
+"""Flower ServerApp: vocabulary round -> query round -> allocation -> HASA rounds -> results.json."""
 
-import sys
 from logging import ERROR, INFO
 
 import numpy as np
-from flwr.app import ArrayRecord, Context
+from flwr.app import ArrayRecord, ConfigRecord, Context
 from flwr.common import log
 from flwr.serverapp import Grid, ServerApp
 
-from hasa_flwr.allocation import allocate
-from hasa_flwr.config import settings_from_run_config
+from hasa_flwr.allocation import Allocation, allocate
+from hasa_flwr.config import Settings, settings_from_run_config
+from hasa_flwr.data import DataError, vocab_hash
 from hasa_flwr.models import mac_cost
 from hasa_flwr.results import build_results, format_table, results_path, write_json_atomic
 from hasa_flwr.scores import scores_from_counts
-from hasa_flwr.strategy import FederationError, HasaStrategy, query_losses, query_stats, wait_for_nodes
+from hasa_flwr.strategy import (ClientInfo, FederationError, HasaStrategy, agree_vocabulary, query_losses, query_stats,
+                                wait_for_nodes)
 
 app = ServerApp()
+
+
+class RunStopped(RuntimeError):
+    """Ends the run as failed with one line. Not SystemExit: Flower flushes a deployed ServerApp's
+    logs (and marks the run failed) only for exceptions, so a sys.exit would lose the line."""
 
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     try:
         run(grid, context)
-    except (ValueError, FederationError) as err:
+    except (ValueError, FederationError) as err:  # DataError is a ValueError
         log(ERROR, "hasa-flwr: %s", err)
-        sys.exit(f"hasa-flwr: {err}")
+        raise RunStopped(f"hasa-flwr: {err}") from None
 
 
 def run(grid: Grid, context: Context) -> None:
     settings = settings_from_run_config(context.run_config)
     nodes = wait_for_nodes(grid, settings.num_clients, settings.wait_seconds)
-    clients, num_classes = query_stats(grid, nodes, settings.num_clients, settings.round_timeout)
+    vocab, vocab_source = vocabulary_round(grid, nodes, settings)
+    clients, num_classes = query_stats(grid, nodes, settings.num_clients, settings.dataset, settings.round_timeout,
+                                       vocab, send_words=vocab_source == "round")
+    config = ConfigRecord({"vocab-hash": vocab_hash(vocab)} if vocab else {})
     model = settings.initial_model(num_classes)
     initial = ArrayRecord(model.state_dict())
+    allocation = allocation_round(grid, settings, clients, model, initial, config)
 
+    strategy = HasaStrategy(clients, model.slicing_spec(), settings.sizes, extraction=settings.extraction,
+                            aggregation=settings.aggregation, seed=settings.seed, num_rounds=settings.num_rounds)
+    strategy.start(grid, initial, num_rounds=settings.num_rounds, timeout=settings.round_timeout,
+                   train_config=config, evaluate_config=config)
+
+    results = build_results(settings, clients, allocation, strategy.history, strategy.rejected, run_id=context.run_id,
+                            vocab=vocab, vocab_source=vocab_source)
+    path = write_json_atomic(results_path(settings.results_dir, context.run_id), results)
+    log(INFO, "\n%s\nresults: %s", format_table(results), path)
+
+
+def vocabulary_round(grid: Grid, nodes: list[int], settings: Settings) -> tuple[list[str] | None, str | None]:
+    """Text only: the words every client encodes with (pooled counts, or the shared vocab-path)."""
+    if settings.source.kind != "text":
+        return None, None
+    try:
+        return agree_vocabulary(grid, nodes, settings.vocab_path, settings.min_count, settings.round_timeout)
+    except DataError as err:  # the server's own copy of vocab-path
+        raise FederationError(f"server: {err}") from None
+
+
+def allocation_round(grid: Grid, settings: Settings, clients: list[ClientInfo], model, initial: ArrayRecord,
+                     config: ConfigRecord) -> Allocation:
+    """Scores (from the query round, or a loss query) -> widths under the budget; stored on ``clients``."""
     if settings.score == "loss":
-        scores = query_losses(grid, clients, initial, settings.budget, settings.round_timeout)
+        scores = query_losses(grid, clients, initial, settings.budget, settings.round_timeout, config)
     elif settings.score == "given":
         scores = np.array([settings.score_values[c.partition_id] for c in clients])
     else:
@@ -48,12 +82,4 @@ def run(grid: Grid, context: Context) -> None:
                           cost=mac_cost(model) if settings.budget_cost == "macs" else None)
     for c, score, rank, width in zip(clients, allocation.scores, allocation.ranks, allocation.widths):
         c.score, c.rank, c.width = float(score), float(rank), float(width)
-
-    strategy = HasaStrategy(clients, model.slicing_spec(), settings.sizes, extraction=settings.extraction,
-                            aggregation=settings.aggregation, seed=settings.seed, num_rounds=settings.num_rounds)
-    strategy.start(grid, initial, num_rounds=settings.num_rounds, timeout=settings.round_timeout)
-
-    results = build_results(settings, clients, allocation, strategy.history, strategy.rejected,
-                            run_id=context.run_id)
-    path = write_json_atomic(results_path(settings.results_dir, context.run_id), results)
-    log(INFO, "\n%s\nresults: %s", format_table(results), path)
+    return allocation

@@ -1,4 +1,4 @@
-"""Subnet widths under a fixed size-weighted compute budget (DESIGN.md section 2).
+"""Subnet widths under a fixed size-weighted compute budget (docs/METHOD.md sections 1-2).
 
 Every rule produces preliminary widths and then goes through the same scale-and-project step, so
 all rules spend the same budget: sum_i (n_i/N) cost(w_i) = cost(B).

@@ -9,7 +9,7 @@ from pathlib import Path
 from .data import DataError
 from .config import settings_from_run_config
 from .launch import app_defaults, flwr_run, merge_config, preflight, read_preset
-from .sweep import RunFailed, SweepError
+from .sweep import RunFailed, SweepError, pin_paths
 
 
 def parse_overrides(items: list[str]) -> dict:
@@ -29,7 +29,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.superlink:  # deployment: the data lives on the devices, so only the run config is checked here
         settings = settings_from_run_config(config)
     else:
-        settings = preflight(config)
+        settings = preflight(pin_paths(config))
     outcome = flwr_run(app, config, num_supernodes=settings.num_clients, federation_config=args.federation_config,
                        connection=args.superlink, log=sys.stdout)
     if outcome.results is None:
@@ -92,6 +92,10 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    if args.grid or not args.folder:
+        from .grid_report import cmd_report_grid
+
+        return cmd_report_grid(args)
     from .report import write_report
 
     paths = write_report(Path(args.folder), calibration=[Path(c) for c in args.calibration],
@@ -196,7 +200,13 @@ def build_parser() -> argparse.ArgumentParser:
     cal.set_defaults(func=cmd_calibrate)
 
     rep = sub.add_parser("report", help="summary.json, summary.md and PNG plots from a sweep folder")
-    rep.add_argument("folder", help="the --out folder of `hasa sweep`")
+    rep.add_argument("folder", nargs="?", help="the --out folder of `hasa sweep`")
+    rep.add_argument("--grid", metavar="DIR", help="instead of FOLDER: the --out folder of `hasa grid`; writes "
+                     "grid.json, grid.md and grid_<arm>.png (each arm paired with --baseline per cell and round count)")
+    rep.add_argument("--baseline", default="uniform", help="with --grid: the arm the others are paired with "
+                     "(default: uniform)")
+    rep.add_argument("--rounds", metavar="R,R,...", help="with --grid: round counts read from each run's history "
+                     "(default: 8,20,40 where reached, and the runs' last round)")
     rep.add_argument("--calibration", metavar="DIR", action="append", default=[],
                      help="a `hasa calibrate` folder (adds score_vs_need.png); repeat it to put other data sets' "
                           "score validity in the same table")

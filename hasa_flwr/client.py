@@ -1,8 +1,10 @@
-"""What a client does with each message: answer the query round, train its subnet, evaluate.
+"""What a client does with each message: the vocabulary and query rounds, training, evaluation.
 
 The ClientApp in client_app.py only routes messages here. A client reads the same run config as
-the server (so both derive identical model sizes) and its own node config: `partition-id`,
-`num-partitions`, and in deployment `data-path`, `max-width` (device cap) and `threads`.
+the server (so both derive identical model sizes) and its own node config. In deployment a device
+names its own file (`data-path`, optionally `client-name`) and reads nothing else; the built-in
+data sets and simulations name a partition instead (`partition-id`, `num-partitions`). Other
+node config: `max-width` (device cap) and `threads`.
 """
 
 from __future__ import annotations
@@ -11,22 +13,58 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 
 from .config import Settings, settings_from_run_config
-from .data import ClientData
+from .data import LOCAL, ClientData, DataError, encode_split, node_image_data, read_vocab, text_split, vocab_hash
+from .data.files import resolve_path
 from .train import OrderedDropout, evaluate, train
 
+VOCAB_STATE = "hasa.vocab"  # context.state key: the agreed vocabulary persists per node across messages
+_ENCODED: dict[tuple, ClientData] = {}  # simulation actors serve many messages: encode once per vocabulary
 
-def setup(context: Context) -> tuple[Settings, ClientData, int, int]:
-    """Settings, this node's data, its partition id and the number of classes."""
-    settings = settings_from_run_config(context.run_config)
+
+def node_identity(settings: Settings, context: Context) -> tuple[int, str, str]:
+    """(partition id or LOCAL, own data file, own client name) from this node's config."""
     node = context.node_config
     if "threads" in node:
         torch.set_num_threads(int(node["threads"]))
+    if "data-path" in node:  # a device with its own file: the server numbers it
+        return LOCAL, str(node["data-path"]), str(node.get("client-name", ""))
+    if "partition-id" not in node:
+        raise DataError("this SuperNode has neither data-path nor partition-id in its node config: start it with "
+                        "--node-config 'data-path=\"/path/to/own/file.csv\"' (your data) or partition-id and "
+                        "num-partitions (built-in data sets)")
     pid = int(node["partition-id"])
     if not 0 <= pid < settings.num_clients:
         raise ValueError(f"partition-id {pid} is outside 0..{settings.num_clients - 1}: check the SuperNode's "
                          "node config and num-clients")
-    fed = settings.load_data(str(node.get("data-path", settings.data_path)))
-    return settings, fed.clients[pid], pid, fed.num_classes
+    return pid, "", ""
+
+
+def agreed_vocab(settings: Settings, context: Context, expected_hash: str | None) -> list[str]:
+    """The federation's vocabulary: the shared file, or what the server sent in the query round."""
+    if settings.vocab_path:
+        vocab = read_vocab(resolve_path(settings.vocab_path, "vocab-path"))
+    elif VOCAB_STATE in context.state.config_records:
+        vocab = list(context.state.config_records[VOCAB_STATE]["words"])
+    else:
+        raise DataError("this device has not received the federation's vocabulary (its state was lost): restart the run")
+    if expected_hash is not None and vocab_hash(vocab) != expected_hash:
+        raise DataError(f"this device's vocabulary ({vocab_hash(vocab)}) differs from the server's ({expected_hash}): "
+                        "give every device and the server the same vocab-path file")
+    return vocab
+
+
+def client_data(settings: Settings, context: Context, expected_hash: str | None = None) -> tuple[ClientData, int]:
+    """This node's tensors and the number of classes (text: the agreed vocabulary's size)."""
+    pid, path, name = node_identity(settings, context)
+    src = settings.source
+    if src.kind == "image":
+        return node_image_data(src, pid), 10
+    vocab = agreed_vocab(settings, context, expected_hash)
+    key = (src, pid, path, name, vocab_hash(vocab))
+    if key not in _ENCODED:
+        _ENCODED.clear()  # one run's data at a time
+        _ENCODED[key] = encode_split(text_split(src, pid, path, name), vocab, src.max_title_words)
+    return _ENCODED[key], len(vocab)
 
 
 def load_model(settings: Settings, num_classes: int, arrays: ArrayRecord, width: float) -> torch.nn.Module:
@@ -40,14 +78,35 @@ def prefix_model(settings: Settings, num_classes: int, arrays: ArrayRecord, widt
     return settings.prefix_of(load_model(settings, num_classes, arrays, 1.0), num_classes, width)
 
 
+def query_vocab(msg: Message, context: Context) -> Message:
+    """The vocabulary round: this client's training word counts (nothing else of its data)."""
+    settings = settings_from_run_config(context.run_config)
+    pid, path, name = node_identity(settings, context)
+    split = text_split(settings.source, pid, path, name)
+    counts = split.word_counts()
+    words = sorted(counts)
+    return Message(RecordDict({"info": ConfigRecord({"name": split.name, "words": words}),
+                               "counts": MetricRecord({"counts": [int(counts[w]) for w in words]})}), reply_to=msg)
+
+
 def query_stats(msg: Message, context: Context) -> Message:
-    settings, data, pid, num_classes = setup(context)
+    """Sizes, label counts and cap; first stores the agreed vocabulary the server sent."""
+    settings = settings_from_run_config(context.run_config)
+    expected = None
+    if "vocab" in msg.content.config_records:  # text: the hash, and the words unless every party reads vocab-path
+        agreed = msg.content["vocab"]
+        if "words" in agreed:
+            context.state.config_records[VOCAB_STATE] = ConfigRecord({"words": list(agreed["words"])})
+        expected = str(agreed["hash"])
+    data, num_classes = client_data(settings, context, expected)
+    pid, _, _ = node_identity(settings, context)
     node = context.node_config
     stats = MetricRecord({
         "partition-id": pid,
-        "num-partitions": int(node.get("num-partitions", settings.num_clients)),
+        "num-partitions": int(node.get("num-partitions", settings.num_clients)) if pid != LOCAL else -1,
         "n-train": data.n_train,
         "n-test": data.n_test,
+        "n-train-rows": data.n_train_rows,
         "num-classes": num_classes,
         "label-counts": [int(v) for v in data.label_counts(num_classes)],
         "max-width": float(node.get("max-width", -1.0)),
@@ -55,15 +114,23 @@ def query_stats(msg: Message, context: Context) -> Message:
     return Message(RecordDict({"stats": stats, "info": ConfigRecord({"name": data.name})}), reply_to=msg)
 
 
+def _data_for(msg: Message, context: Context) -> tuple[Settings, ClientData, int]:
+    settings = settings_from_run_config(context.run_config)
+    cfg = msg.content["config"]
+    expected = str(cfg["vocab-hash"]) if "vocab-hash" in cfg else None
+    data, num_classes = client_data(settings, context, expected)
+    return settings, data, num_classes
+
+
 def query_loss(msg: Message, context: Context) -> Message:
-    settings, data, _, num_classes = setup(context)
+    settings, data, num_classes = _data_for(msg, context)
     model = prefix_model(settings, num_classes, msg.content["arrays"], float(msg.content["config"]["width"]))
     loss = evaluate(model, data.x_train, data.y_train)["loss"]
     return Message(RecordDict({"metrics": MetricRecord({"loss": loss})}), reply_to=msg)
 
 
 def train_subnet(msg: Message, context: Context) -> Message:
-    settings, data, _, num_classes = setup(context)
+    settings, data, num_classes = _data_for(msg, context)
     cfg = msg.content["config"]
     width = float(cfg["width"])
     model = load_model(settings, num_classes, msg.content["arrays"], width)
@@ -78,12 +145,12 @@ def train_subnet(msg: Message, context: Context) -> Message:
 
 
 def evaluate_subnet(msg: Message, context: Context) -> Message:
-    settings, data, _, num_classes = setup(context)
+    settings, data, num_classes = _data_for(msg, context)
     cfg = msg.content["config"]
     arrays = msg.content["arrays"]
     result = evaluate(prefix_model(settings, num_classes, arrays, float(cfg["width"])), data.x_test, data.y_test)
     metrics = {"num-examples": data.n_test, "accuracy": result["accuracy"], "top3": result["top3"],
-               "loss": result["loss"]}
+               "loss": result["loss"], "majority": data.majority_accuracy()}
     if bool(cfg["full-width"]):
         metrics["full-width-accuracy"] = evaluate(load_model(settings, num_classes, arrays, 1.0),
                                                   data.x_test, data.y_test)["accuracy"]

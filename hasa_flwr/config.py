@@ -7,6 +7,7 @@ message that lists the valid choices instead of after minutes of training.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -14,7 +15,7 @@ import torch
 
 from .aggregation import AGGREGATIONS
 from .allocation import RULES
-from .data import DATASETS, FederatedData, load_federated
+from .data import DATASETS, FederatedData, Source, load_federated
 from .models import build_model, full_sizes
 from .scores import SCORES
 from .subnet import EXTRACTIONS, extract, select_units
@@ -32,7 +33,7 @@ STRATEGIES: dict[str, tuple[str, str]] = {
     "fjord": ("uniform", "ordered"),
 }
 BUDGET_COSTS = ("width", "macs")
-MODEL_OF = {"synthetic": "lstm", "medium": "lstm", "digits": "cnn"}
+MODEL_OF = {"synthetic": "lstm", "text": "lstm", "digits": "cnn"}
 
 
 @dataclass(frozen=True)
@@ -67,6 +68,10 @@ class Settings:
     wait_seconds: float
     round_timeout: float
     score_values: tuple[float, ...] = ()   # score="given": one per partition id
+    text_column: str = "title"
+    client_column: str = ""
+    max_title_words: int = 24
+    vocab_path: str = ""
 
     @property
     def model(self) -> str:
@@ -82,15 +87,19 @@ class Settings:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Settings:
-        """Inverse of to_dict (results.json's "config")."""
+        """Inverse of to_dict (results.json's "config"), also for results recorded by earlier versions."""
+        d = upgrade_recorded(d)
         return cls(**{**d, "width_caps": tuple(d["width_caps"]), "score_values": tuple(d.get("score_values", ()))})
 
-    def load_data(self, data_path: str | None = None) -> FederatedData:
-        """The federation's data as every node derives it (``data_path`` overrides the run config's)."""
-        return load_federated(self.dataset, num_clients=self.num_clients, seed=self.seed,
-                              data_path=self.data_path if data_path is None else data_path,
-                              test_fraction=self.test_fraction, dirichlet_alpha=self.dirichlet_alpha,
-                              min_count=self.min_count)
+    @property
+    def source(self) -> Source:
+        """Where each client's data is and how it is shaped (what a node needs to load its own)."""
+        return Source(self.dataset, self.data_path, self.text_column, self.client_column, self.num_clients, self.seed,
+                      self.test_fraction, self.max_title_words, self.min_count, self.vocab_path, self.dirichlet_alpha)
+
+    def load_data(self) -> FederatedData:
+        """The whole federation's data as its nodes derive it, with the agreed vocabulary (simulation tools)."""
+        return load_federated(self.source)
 
     def build(self, num_classes: int, width: float = 1.0) -> torch.nn.Module:
         """The width-``width`` member of this run's supernet family (random weights)."""
@@ -107,6 +116,16 @@ class Settings:
         """The full supernet every strategy starts from for this seed (matched seeds)."""
         torch.manual_seed(self.seed)
         return self.build(num_classes)
+
+
+def upgrade_recorded(d: dict[str, Any]) -> dict[str, Any]:
+    """A results.json config from before user data: dataset "medium" is the text source by publication."""
+    if d.get("dataset") != "medium":
+        return d
+    path = str(d.get("data_path") or "")
+    if path and not path.endswith(".csv"):
+        path = str(Path(path) / "medium_data.csv")
+    return {**d, "dataset": "text", "client_column": "publication", "data_path": path or "medium_data.csv"}
 
 
 def choose(key: str, value: str, choices) -> str:
@@ -140,6 +159,12 @@ def parse_score_values(score: str, text: str, num_clients: int) -> tuple[float, 
         raise ValueError("score='given' needs score-values: one number per partition id, e.g. "
                          "score-values='0.3,0.1,...'")
     return parse_per_client("score-values", text, num_clients, broadcast=False)
+
+
+def at_least(key: str, value: int, low: int) -> int:
+    if value < low:
+        raise ValueError(f"{key} must be at least {low}, got {value}")
+    return value
 
 
 def positive(key: str, value: float) -> float:
@@ -186,4 +211,8 @@ def settings_from_run_config(rc: dict[str, Any]) -> Settings:
         wait_seconds=positive("wait-seconds", float(rc["wait-seconds"])),
         round_timeout=positive("round-timeout", float(rc["round-timeout"])),
         score_values=parse_score_values(str(rc["score"]), rc["score-values"], num_clients),
+        text_column=str(rc["text-column"]),
+        client_column=str(rc["client-column"]),
+        max_title_words=at_least("max-title-words", int(rc["max-title-words"]), 2),
+        vocab_path=str(rc["vocab-path"]),
     )

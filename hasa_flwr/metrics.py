@@ -1,4 +1,4 @@
-"""Per-run summaries over clients (DESIGN.md section 5)."""
+"""Per-run summaries over clients (docs/METHOD.md section 6)."""
 
 from __future__ import annotations
 

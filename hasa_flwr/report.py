@@ -131,7 +131,7 @@ def paired_summaries(runs: dict[int, dict[str, Any]], other: dict[int, dict[str,
 
 def summarize_sweep(runs: dict[str, dict[int, dict[str, Any]]], baseline: str = "uniform",
                     focus: str = "hasa") -> dict[str, Any]:
-    """The summary.json payload (see the module docstring and DESIGN.md section 5)."""
+    """The summary.json payload (see the module docstring and docs/METHOD.md section 6)."""
     if baseline not in runs:
         raise ReportError(f"no '{baseline}' runs found (strategies: {', '.join(strategy_order(runs))}): the paired "
                           f"statistics compare every strategy with {baseline}; add it with `hasa sweep --strategies "

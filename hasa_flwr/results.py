@@ -1,4 +1,4 @@
-"""results.json (DESIGN.md section 8): build, write atomically, print as a table."""
+"""results.json (docs/METHOD.md section 9): build, write atomically, print as a table."""
 
 from __future__ import annotations
 
@@ -10,15 +10,34 @@ from typing import Any
 
 from .allocation import Allocation
 from .config import Settings
+from .data import vocab_hash
 from .metrics import summarize
 from .strategy import ClientInfo
 
 
+def privacy(settings: Settings, vocab_source: str | None) -> dict[str, Any]:
+    """What the server learned about each client, and what each client learned from the federation."""
+    seen = ["name", "n_train", "n_test", "n_train_rows", "max_width"]
+    if settings.score in ("jsd", "entropy", "random", "given"):
+        seen.append("label_counts")  # sent in the query round (the scores are computed from them)
+    if settings.score == "loss":
+        seen += ["label_counts", "initial_loss"]
+    if vocab_source == "round":
+        seen.append("word_counts")
+    seen += ["trained_subnet_parameters", "test_accuracy", "test_loss", "train_loss"]
+    received = ["supernet_prefix_or_subset_at_own_width", "allocated_width", "run_config"]
+    if vocab_source:
+        received.append("vocabulary" if vocab_source == "round" else "vocabulary_hash (words from vocab-path)")
+    return {"server_saw_per_client": sorted(set(seen)), "client_received": received}
+
+
 def build_results(settings: Settings, clients: list[ClientInfo], allocation: Allocation, history: list[dict],
-                  rejected: list[dict], *, run_id: int) -> dict[str, Any]:
+                  rejected: list[dict], *, run_id: int, vocab: list[str] | None = None,
+                  vocab_source: str | None = None) -> dict[str, Any]:
     rows = [{"partition_id": c.partition_id, "name": c.name, "n_train": c.n_train, "n_test": c.n_test,
-             "score": c.score, "rank": c.rank, "width": c.width, "cap": c.cap,
+             "n_train_rows": c.n_train_rows, "score": c.score, "rank": c.rank, "width": c.width, "cap": c.cap,
              "accuracy": c.metrics.get("accuracy"), "top3": c.metrics.get("top3"), "loss": c.metrics.get("loss"),
+             "majority_accuracy": c.metrics.get("majority"),
              "full_width_accuracy": c.metrics.get("full-width-accuracy")} for c in clients]
     evaluated = [r["accuracy"] for r in rows if r["accuracy"] is not None]
     return {
@@ -33,6 +52,9 @@ def build_results(settings: Settings, clients: list[ClientInfo], allocation: All
                    "passes": allocation.passes},
         "clients": rows,
         "summary": summarize(evaluated) if evaluated else None,
+        "vocabulary": None if vocab is None else {"size": len(vocab), "hash": vocab_hash(vocab),
+                                                  "source": vocab_source},
+        "privacy": privacy(settings, vocab_source),
         "history": history,
         "rejected_updates": rejected,
     }
@@ -59,12 +81,16 @@ def results_path(results_dir: str, run_id: int) -> Path:
 
 def format_table(results: dict[str, Any]) -> str:
     """The per-client table and summary printed at the end of a run."""
-    lines = [f"{'id':>2}  {'client':<26} {'n_train':>7} {'score':>8} {'width':>6} {'acc':>7} {'full':>7}"]
+    lines = [f"{'id':>2}  {'client':<26} {'n_train':>7} {'score':>8} {'width':>6} {'acc':>7} {'majority':>8} "
+             f"{'full':>7}"]
+
+    def pct(v: float | None, width: int) -> str:
+        return f"{'-' if v is None else f'{v:.4f}':>{width}}"
+
     for r in results["clients"]:
-        acc = "-" if r["accuracy"] is None else f"{r['accuracy']:.4f}"
-        full = "-" if r["full_width_accuracy"] is None else f"{r['full_width_accuracy']:.4f}"
         lines.append(f"{r['partition_id']:>2}  {r['name'][:26]:<26} {r['n_train']:>7} {r['score']:>8.4f} "
-                     f"{r['width']:>6.3f} {acc:>7} {full:>7}")
+                     f"{r['width']:>6.3f} {pct(r['accuracy'], 7)} {pct(r.get('majority_accuracy'), 8)} "
+                     f"{pct(r['full_width_accuracy'], 7)}")
     s, b = results["summary"], results["budget"]
     if s:
         lines.append(f"mean {s['mean']:.4f}  worst {s['worst']:.4f}  tail {s['tail']:.4f}  std {s['std']:.4f}  "

@@ -1,4 +1,4 @@
-"""Heterogeneity scores, computed from training-split label histograms (DESIGN.md section 3).
+"""Heterogeneity scores, computed from training-split label histograms (docs/METHOD.md section 3).
 
 The server gets integer label counts from each client once, so scores need no raw data.
 """

@@ -1,4 +1,4 @@
-"""Across-seed statistics (DESIGN.md section 5): mean, std and a t-based 95% CI of a per-run
+"""Across-seed statistics (docs/METHOD.md section 6): mean, std and a t-based 95% CI of a per-run
 summary, and paired comparisons against `uniform` over matched seeds.
 
 Pure numpy/scipy; every value returned is a plain float/int/None so it can go into JSON as is.

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from logging import INFO, WARNING
@@ -21,6 +22,9 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from .aggregation import Update, aggregate, check_update
+from .data import LOCAL, client_order, read_vocab, vocab_hash
+from .data.files import resolve_path
+from .data.text import build_vocab
 from .metrics import summarize
 from .subnet import Indices, Spec, extract, hash_seed, select_units
 
@@ -34,12 +38,13 @@ class ClientInfo:
     """What the server knows about one node, from the query round and the allocation."""
 
     node_id: int
-    partition_id: int
+    partition_id: int               # the server's number for this client (see data.client_order)
     name: str
     n_train: int
     n_test: int
     label_counts: np.ndarray
     node_cap: float | None          # the SuperNode's own `max-width`, if it set one
+    n_train_rows: int = 0           # training titles/images: what the server numbers clients by
     cap: float = 1.0
     score: float = math.nan
     rank: float = math.nan
@@ -77,34 +82,71 @@ def ask(grid: Grid, contents: dict[int, RecordDict], message_type: str, timeout:
     return {n: m.content for n, m in replies.items()}
 
 
-def query_stats(grid: Grid, nodes: list[int], num_clients: int, timeout: float) -> tuple[list[ClientInfo], int]:
-    """Partition id, sizes, integer label counts and device cap of every node (sent once)."""
-    replies = ask(grid, {n: RecordDict() for n in nodes}, "query.stats", timeout)
-    clients, num_classes = [], set()
-    for node, content in replies.items():
-        m, c = content["stats"], content["info"]
-        if int(m["num-partitions"]) != num_clients:
+def agree_vocabulary(grid: Grid, nodes: list[int], vocab_path: str, min_count: int,
+                     timeout: float) -> tuple[list[str], str]:
+    """The vocabulary round: pooled training word counts -> the words kept (or the shared file).
+
+    Returns the vocabulary and where it came from ("round" or "file")."""
+    if vocab_path:
+        return read_vocab(resolve_path(vocab_path, "vocab-path")), "file"
+    replies = ask(grid, {n: RecordDict() for n in nodes}, "query.vocab", timeout)
+    pooled: Counter = Counter()
+    for content in replies.values():
+        words, counts = list(content["info"]["words"]), list(content["counts"]["counts"])
+        if len(words) != len(counts):
+            raise FederationError(f"client {content['info']['name']!r} sent {len(words)} words with {len(counts)} "
+                                  "counts in the vocabulary round")
+        pooled.update(dict(zip(words, (int(c) for c in counts))))
+    return build_vocab(pooled, min_count), "round"
+
+
+def query_stats(grid: Grid, nodes: list[int], num_clients: int, dataset: str, timeout: float,
+                vocab: list[str] | None = None, send_words: bool = True) -> tuple[list[ClientInfo], int]:
+    """Sizes, integer label counts and device cap of every node (sent once), numbered by the server.
+
+    Text clients first receive the agreed vocabulary (the words, unless every party reads the same
+    vocab-path; its hash always, so a device with another vocabulary is caught)."""
+    content = RecordDict()
+    if vocab is not None:
+        agreed = {"hash": vocab_hash(vocab), **({"words": vocab} if send_words else {})}
+        content = RecordDict({"vocab": ConfigRecord(agreed)})
+    replies = ask(grid, {n: content for n in nodes}, "query.stats", timeout)
+    clients, num_classes, pids = [], set(), []
+    for node, reply in replies.items():
+        m, c = reply["stats"], reply["info"]
+        if int(m["num-partitions"]) not in (-1, num_clients):
             raise FederationError(f"node {node} says num-partitions={int(m['num-partitions'])} but num-clients="
                                   f"{num_clients}: make them equal")
         cap = float(m["max-width"])
-        clients.append(ClientInfo(node_id=node, partition_id=int(m["partition-id"]), name=str(c["name"]),
+        pids.append(int(m["partition-id"]))
+        clients.append(ClientInfo(node_id=node, partition_id=-1, name=str(c["name"]),
                                   n_train=int(m["n-train"]), n_test=int(m["n-test"]),
                                   label_counts=np.asarray(m["label-counts"], dtype=np.int64),
-                                  node_cap=cap if cap > 0 else None))
+                                  node_cap=cap if cap > 0 else None, n_train_rows=int(m["n-train-rows"])))
         num_classes.add(int(m["num-classes"]))
-    ids = sorted(c.partition_id for c in clients)
-    if ids != list(range(num_clients)):
-        raise FederationError(f"partition ids {ids} are not 0..{num_clients - 1} once each: give every SuperNode "
-                              "its own partition-id")
+    given = sorted(p for p in pids if p != LOCAL)
+    if given and len(set(given)) != len(given):
+        raise FederationError(f"partition ids {given} are not all different: give every SuperNode its own partition-id")
+    names = [c.name for c in clients]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        nodes_of = {n: [c.node_id for c in clients if c.name == n] for n in twice}
+        raise FederationError(f"client name(s) {', '.join(repr(n) for n in twice)} used by more than one device "
+                              f"(nodes {nodes_of}): give every SuperNode its own client-name")
     if len(num_classes) != 1:
         raise FederationError(f"clients disagree on the number of classes/vocabulary ({sorted(num_classes)}): "
-                              "give every node the same data file and seed")
-    return sorted(clients, key=lambda c: c.partition_id), num_classes.pop()
+                              "give every node the same run config")
+    order = client_order(dataset, [(p, c.n_train_rows, c.name) for p, c in zip(pids, clients)])
+    ordered = [clients[i] for i in order]
+    for number, c in enumerate(ordered):  # the server's numbering seeds training and indexes width-cap
+        c.partition_id = number
+    return ordered, num_classes.pop()
 
 
-def query_losses(grid: Grid, clients: list[ClientInfo], arrays: ArrayRecord, width: float, timeout: float) -> np.ndarray:
+def query_losses(grid: Grid, clients: list[ClientInfo], arrays: ArrayRecord, width: float, timeout: float,
+                 config: ConfigRecord | None = None) -> np.ndarray:
     """Mean training loss of the initial supernet's width-``width`` prefix on every client (score=loss)."""
-    content = RecordDict({"arrays": arrays, "config": ConfigRecord({"width": width})})
+    content = RecordDict({"arrays": arrays, "config": ConfigRecord({**dict(config or {}), "width": width})})
     replies = ask(grid, {c.node_id: content for c in clients}, "query.loss", timeout)
     return np.array([float(replies[c.node_id]["metrics"]["loss"]) for c in clients])
 

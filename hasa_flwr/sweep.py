@@ -26,7 +26,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from .config import STRATEGIES, Settings, settings_from_run_config
+from .config import STRATEGIES, Settings, settings_from_run_config, upgrade_recorded
 from .launch import RUN_ID, RunOutcome, app_defaults, flwr_run, merge_config, preflight, read_preset
 
 # Settings fields that do not change what a run computes: ignored when checking a finished run.
@@ -134,10 +134,16 @@ def base_config(app: Path, preset: str | None, sets: dict[str, Any]) -> dict[str
     for key, value in overrides.items():  # 1 -> 1.0 where the app declares a float
         if isinstance(defaults[key], float) and isinstance(value, int) and not isinstance(value, bool):
             config[key] = float(value)
-    if config["dataset"] == "medium":
-        from .data import resolve_medium_path
+    return pin_paths(config)
 
-        config["data-path"] = str(resolve_medium_path(str(config["data-path"])).absolute())
+
+def pin_paths(config: dict[str, Any]) -> dict[str, Any]:
+    """Data and vocabulary paths made absolute (a relative one may live under $HASA_DATA_DIR)."""
+    from .data.files import resolve_path
+
+    for key in ("data-path", "vocab-path"):
+        if str(config.get(key, "")).strip():
+            config[key] = str(resolve_path(str(config[key]), key))
     return config
 
 
@@ -156,7 +162,7 @@ def settings_defaults() -> dict[str, Any]:
 
 def config_difference(recorded: dict[str, Any], expected: dict[str, Any]) -> list[str]:
     """Human-readable differences between a recorded results.json config and the planned one."""
-    rec, exp = comparable(recorded), comparable(expected)
+    rec, exp = comparable(upgrade_recorded(recorded)), comparable(expected)
     defaults = settings_defaults()  # a key added after a run was recorded counts as its default there
     diffs = []
     for key in sorted(set(rec) | set(exp)):

@@ -215,6 +215,25 @@ class Deployment:
             node.proc.send_signal(sig)
         node.proc.wait(timeout=30)
 
+    def restart_node(self, index: int, config: dict[str, Any], cwd: Path | None = None,
+                     timeout: float = 60.0) -> None:
+        """Replace SuperNode ``index`` by one with another node config (a device re-configured)."""
+        old = self.nodes[index]
+        kill_tree_now(old.proc.pid)
+        old.proc.wait(timeout=30)
+        proc = _start(self.node_command(index, config, old.port), self.env, old.log, cwd)
+        self.started.append(proc.pid)
+        self.nodes[index] = Node(index, config, old.port, proc, old.log)
+        wait_health(f"http://{HOST}:{old.port}/health", proc, old.log, timeout)
+
+    def node_command(self, index: int, config: dict[str, Any], port: int) -> list[str]:
+        cmd = [str(BIN / "flower-supernode"), "--superlink", self.address, "--host", HOST, "--port", str(port),
+               "--isolation", "subprocess", "--node-config", node_config_arg(config)]
+        cmd += ["--root-certificates", str(self.tls.ca_cert)] if self.tls else ["--insecure"]
+        if index < len(self.node_keys):
+            cmd += ["--auth-supernode-private-key", str(self.node_keys[index][0])]
+        return cmd
+
     def logs(self) -> str:
         parts = [f"--- superlink ---\n{tail(self.superlink_log)}"]
         parts += [f"--- supernode {n.index} ---\n{tail(n.log)}" for n in self.nodes]
@@ -232,10 +251,10 @@ def kill_tree_now(pid: int) -> None:
             pass
 
 
-def _start(cmd: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
+def _start(cmd: list[str], env: dict[str, str], log: Path, cwd: Path | None = None) -> subprocess.Popen:
     with log.open("w") as f:
         return subprocess.Popen(cmd, env=env, stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True, cwd=log.parent)
+                                start_new_session=True, cwd=cwd or log.parent)
 
 
 def write_connection(home: Path, name: str, address: str, ca_cert: Path | None) -> Path:
@@ -249,13 +268,15 @@ def write_connection(home: Path, name: str, address: str, ca_cert: Path | None) 
 
 @contextmanager
 def deployment(node_configs: list[dict[str, Any]], *, tls: bool = False, auth: bool = False,
-               connection: str = "hasa-deploy", startup_timeout: float = 60.0) -> Iterator[Deployment]:
+               connection: str = "hasa-deploy", startup_timeout: float = 60.0,
+               node_dirs: list[Path] | None = None) -> Iterator[Deployment]:
     """Start a SuperLink (no --simulation) and one SuperNode per node config; stop them all on exit.
 
     ``tls``: CA + server certificate generated here; SuperLink serves HTTPS, SuperNodes and the CLI
     verify it with the CA. ``auth`` (needs ``tls``): SuperNode authentication: the SuperLink runs
     with --enable-supernode-auth, every SuperNode's public key is registered with
-    `flwr supernode register` before the SuperNode starts with its private key.
+    `flwr supernode register` before the SuperNode starts with its private key. ``node_dirs``: each
+    SuperNode's working folder (a device's own folder), default the deployment's home.
     """
     if auth and not tls:
         raise ValueError("SuperNode authentication needs TLS (Flower refuses it on --insecure)")
@@ -296,17 +317,13 @@ def deployment(node_configs: list[dict[str, Any]], *, tls: bool = False, auth: b
 
         for i, (config, port) in enumerate(zip(node_configs, node_ports)):
             node_log = home / f"supernode-{i}.log"
-            cmd = [str(BIN / "flower-supernode"), "--superlink", address, "--host", HOST, "--port", str(port),
-                   "--isolation", "subprocess", "--node-config", node_config_arg(config)]
-            cmd += ["--root-certificates", str(files.ca_cert)] if files else ["--insecure"]
             if auth:
                 private, public = make_node_keys(home / "keys", f"node{i}")
                 dep.node_keys.append((private, public))
                 reg = dep.flwr("supernode", "register", str(public), connection, "--name", f"device-{i}")
                 if reg.returncode != 0:
                     raise RuntimeError(f"flwr supernode register failed:\n{reg.stdout}\n{reg.stderr}")
-                cmd += ["--auth-supernode-private-key", str(private)]
-            proc = _start(cmd, env, node_log)
+            proc = _start(dep.node_command(i, config, port), env, node_log, node_dirs[i] if node_dirs else None)
             started.append(proc.pid)
             dep.nodes.append(Node(i, config, port, proc, node_log))
         for node in dep.nodes:
@@ -418,8 +435,7 @@ def _compute_seconds(overrides: dict[str, Any], widths: list[float], threads: in
     torch.set_num_threads(threads)
     t = time.perf_counter()
     load_federated.cache_clear()      # time a cold data build, as every deployment ClientApp does
-    fed = load_federated(s.dataset, num_clients=s.num_clients, seed=s.seed, data_path=s.data_path,
-                         test_fraction=s.test_fraction, dirichlet_alpha=s.dirichlet_alpha, min_count=s.min_count)
+    fed = load_federated(s.source)
     data_s = time.perf_counter() - t
     sizes = full_sizes(s.model, s.embed_dim, s.hidden_dim)
     per_client = []

@@ -1,4 +1,4 @@
-"""Tests for hasa_flwr.allocation: budget, bounds, rule semantics, feasibility errors (DESIGN.md section 2)."""
+"""Tests for hasa_flwr.allocation: budget, bounds, rule semantics, feasibility errors (docs/METHOD.md sections 1-2)."""
 
 from __future__ import annotations
 
@@ -136,7 +136,7 @@ def test_hasa_ties_equal_widths_and_average_ranks():
 
 
 def test_hand_example_design_steps():
-    """DESIGN 2 steps 1-3 by hand: scores [0.1, 0.3, 0.2], sizes [1, 1, 2], B = 0.4.
+    """METHOD.md section 2, steps 1-3, by hand: scores [0.1, 0.3, 0.2], sizes [1, 1, 2], B = 0.4.
 
     1. ranks r = [0, 1, 0.5]; 2. prelim w = 0.2 + 0.6 r = [0.2, 0.8, 0.5] (mean 0.5);
     3. s = 0.4/0.5 = 0.8 -> [0.16, 0.64, 0.4] -> clip -> [0.2, 0.64, 0.4] (used 0.41 > B), so more

@@ -36,13 +36,16 @@ def test_console_script_exit_code(tmp_path):
 @pytest.mark.parametrize("override, words", [
     ("allocation='widest'", ["unknown allocation 'widest'", "hasa-inverse"]),
     ("score='kl'", ["unknown score 'kl'", "jsd"]),
-    ("dataset='cifar'", ["unknown dataset 'cifar'", "medium"]),
+    ("dataset='cifar'", ["unknown dataset 'cifar'", "text"]),
     ("extraction='middle'", ["unknown extraction 'middle'", "rolling"]),
     ("strategy='fedavgx'", ["unknown strategy 'fedavgx'", "fedrolex"]),
     ("budget=0.1", ["budget 0.1 is below width-min", "raise budget"]),
     ("budget=0.85", ["budget 0.85 exceeds", "width-cap"]),
     ("width-cap='0.8,0.5'", ["width-cap lists 2 finite values for 7 clients"]),
-    ("dataset='medium' data-path='/nonexistent/medium.csv'", ["medium data not found", "HASA_DATA_DIR"]),
+    ("dataset='text' client-column='publication' data-path='/nonexistent/medium.csv'",
+     ["/nonexistent/medium.csv not found", "HASA_DATA_DIR"]),
+    ("dataset='text' vocab-path='/nonexistent/vocab.txt'", ["vocab-path /nonexistent/vocab.txt not found"]),
+    ("max-title-words=1", ["max-title-words must be at least 2"]),
     ("num-clients=7 colour=1", ["unknown run-config key(s) colour"]),
     ("score='given'", ["score='given' needs score-values"]),
     ("score='given' score-values='0.1,0.2'", ["score-values lists 2 finite values for 7 clients"]),
@@ -62,10 +65,10 @@ def test_bad_input_one_line_exit_2_no_output(tmp_path, capsys, override, words):
 def test_csv_without_publication_column(tmp_path, capsys):
     csv = tmp_path / "medium_data.csv"
     csv.write_text("id,title\n1,A title here\n2,Another title here\n")
-    code, err = hasa(tmp_path, capsys, f"dataset='medium' data-path='{csv}'")
+    code, err = hasa(tmp_path, capsys, f"dataset='text' client-column='publication' data-path='{csv}'")
     assert code == 2
     line = err.strip()
-    assert "\n" not in line and "publication" in line and "Medium CSV" in line
+    assert "\n" not in line and "no column 'publication'" in line and "set client-column" in line
 
 
 def test_every_strategy_meets_the_same_budget_and_caps():

@@ -1,7 +1,8 @@
-"""Tests for hasa_flwr.data: encoding, vocabulary, splits, partitions and error messages."""
+"""Tests for hasa_flwr.data: encoding, vocabulary, splits, sources, partitions and error messages."""
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -11,13 +12,20 @@ import pytest
 import torch
 
 from hasa_flwr import data as D
-from hasa_flwr.data import IGNORE_INDEX, DataError, load_federated
+from hasa_flwr.data import IGNORE_INDEX, LOCAL, DataError, Source, text_split
+from hasa_flwr.data.synthetic import synthetic_titles
+from hasa_flwr.data.text import build_vocab, encode, pool_counts, split_titles
 
 MEDIUM_DIR = os.environ.get("HASA_DATA_DIR")
 needs_medium = pytest.mark.skipif(
     not (MEDIUM_DIR and (Path(MEDIUM_DIR) / "medium_data.csv").is_file()),
     reason="set HASA_DATA_DIR to the folder holding medium_data.csv",
 )
+MEDIUM = {"dataset": "text", "data_path": "medium_data.csv", "client_column": "publication"}
+
+
+def load_federated(dataset: str, **kw) -> D.FederatedData:
+    return D.load_federated(Source(dataset, **kw))
 
 
 # ----------------------------------------------------------------------------- encoding
@@ -25,7 +33,7 @@ needs_medium = pytest.mark.skipif(
 
 def test_targets_are_inputs_shifted_by_one():
     stoi = {"<pad>": 0, "<unk>": 1, "how": 2, "to": 3, "win": 4}
-    x, y = D._encode([["how", "to", "win"], ["how", "to"]], stoi, length=4)
+    x, y = encode((("how", "to", "win"), ("how", "to")), stoi, length=4)
     assert x.dtype == y.dtype == torch.int64 and x.shape == y.shape == (2, 4)
     assert x[0].tolist() == [2, 3, 0, 0]
     assert y[0].tolist() == [3, 4, IGNORE_INDEX, IGNORE_INDEX]
@@ -37,15 +45,15 @@ def test_targets_are_inputs_shifted_by_one():
 
 def test_unknown_words_are_unk_inputs_and_ignored_targets():
     stoi = {"<pad>": 0, "<unk>": 1, "a": 2}
-    x, y = D._encode([["a", "zzz", "a", "qqq"]], stoi, length=3)
+    x, y = encode((("a", "zzz", "a", "qqq"),), stoi, length=3)
     assert x[0].tolist() == [2, 1, 2]
     assert y[0].tolist() == [IGNORE_INDEX, 2, IGNORE_INDEX]
 
 
 def test_encode_truncates_to_length():
     stoi = {"<pad>": 0, "<unk>": 1, "w": 2}
-    x, y = D._encode([["w"] * 40], stoi, length=D.MAX_INPUT_LEN)
-    assert x.shape == (1, 24) and (y != IGNORE_INDEX).sum() == 24
+    x, y = encode((("w",) * 40,), stoi, length=D.MAX_TITLE_WORDS - 1)
+    assert x.shape == (1, 23) and (y != IGNORE_INDEX).sum() == 23
 
 
 def test_clean_title_strips_html_case_and_non_letters():
@@ -57,24 +65,24 @@ def test_clean_title_strips_html_case_and_non_letters():
 
 
 def test_vocab_min_count_order_and_ties():
-    vocab = D._build_vocab([["b", "a", "c"], ["a", "b", "d"], ["a"]], min_count=2)
-    assert vocab == ["<pad>", "<unk>", "a", "b"]  # a:3, b:2; c and d seen once
-    assert D._build_vocab([["y", "x"]], min_count=1) == ["<pad>", "<unk>", "x", "y"]
+    counts = pool_counts([{"b": 1, "a": 2, "c": 1}, {"a": 1, "b": 1, "d": 1}])
+    assert build_vocab(counts, min_count=2) == ["<pad>", "<unk>", "a", "b"]  # a:3, b:2; c and d seen once
+    assert build_vocab({"y": 1, "x": 1}, min_count=1) == ["<pad>", "<unk>", "x", "y"]
 
 
 def test_vocab_comes_from_training_splits_only():
     # "rare" appears in 2 titles; with min_count=2 it enters the vocabulary only when both titles
     # land in the training split; otherwise it is <unk> wherever it appears, test split included.
-    titles = [f"w{i} filler" for i in range(8)] + ["rare filler", "rare filler"]
-    table = datasets.Dataset.from_dict({"title": titles})
+    titles = [[f"w{i}", "filler"] for i in range(8)] + [["rare", "filler"], ["rare", "filler"]]
     outcomes = set()
     for seed in range(20):
-        train, _ = D._split(table, 0.2, seed, "c")
-        fd = D._text_data([("c", table)], seed=seed, test_fraction=0.2, min_count=2)
-        in_vocab = "rare" in fd.vocab
-        assert in_vocab == (sum(t.startswith("rare") for t in train["title"]) == 2)
-        assert "filler" in fd.vocab and not any(w.startswith("w") for w in fd.vocab[2:])
-        x = torch.cat([fd.clients[0].x_train, fd.clients[0].x_test])
+        split = split_titles("c", titles, 0.2, seed)
+        vocab = build_vocab(split.word_counts(), min_count=2)
+        in_vocab = "rare" in vocab
+        assert in_vocab == (sum(t[0] == "rare" for t in split.train) == 2)
+        assert "filler" in vocab and not any(w.startswith("w") for w in vocab[2:])
+        c = D.encode_split(split, vocab, 4)
+        x = torch.cat([c.x_train, c.x_test])
         assert (x[:, 0] == 1).sum() == 10 - 2 * in_vocab  # w<i> always <unk>; rare when not kept
         outcomes.add(in_vocab)
     assert outcomes == {True, False}
@@ -96,7 +104,7 @@ def test_n_train_equals_label_counts_sum(name):
 
 def test_split_is_deterministic_in_seed_and_differs_across_seeds():
     a = load_federated("synthetic", num_clients=7, seed=0)
-    load_federated.cache_clear()
+    D.load_federated.cache_clear()
     b = load_federated("synthetic", num_clients=7, seed=0)
     c = load_federated("synthetic", num_clients=7, seed=1)
     assert a is not b
@@ -119,13 +127,14 @@ def test_synthetic_shape():
     for c in fd.clients:
         assert abs(c.x_test.shape[0] / (c.x_train.shape[0] + c.x_test.shape[0]) - 0.2) < 0.03
         lengths = (c.x_train != 0).sum(1) + 1
-        assert lengths.min() >= 4 and lengths.max() <= 10
+        assert lengths.min() >= 4 and lengths.max() <= 10 and c.x_train.shape[1] == D.MAX_TITLE_WORDS - 1
 
 
 def test_synthetic_corpus_independent_of_seed():
-    assert [t["title"] for _, t in D._synthetic_parts(7)] == [
-        t["title"] for _, t in D._synthetic_parts(7)
-    ]
+    synthetic_titles.cache_clear()
+    first = synthetic_titles(7)
+    synthetic_titles.cache_clear()
+    assert first == synthetic_titles(7)
     a = load_federated("synthetic", num_clients=7, seed=0)
     b = load_federated("synthetic", num_clients=7, seed=3)
     common = set(a.vocab) & set(b.vocab) - {D.UNK}
@@ -152,10 +161,9 @@ def test_synthetic_complexity_varies_independently_of_size():
 
 def test_synthetic_complexity_shows_in_the_data():
     # Distinct bigrams per word of a client's corpus grows with its grammar's complexity.
-    parts = D._synthetic_parts(7)
     ratios = []
-    for _, table in parts:
-        titles = [t.split() for t in table["title"]]
+    for _, raw in synthetic_titles(7):
+        titles = [t.split() for t in raw]
         bigrams = {(a, b) for t in titles for a, b in zip(t, t[1:])}
         ratios.append(len(bigrams) / len({w for t in titles for w in t}))
     from scipy.stats import spearmanr
@@ -171,12 +179,12 @@ def test_synthetic_other_client_counts():
         load_federated("synthetic", num_clients=1, seed=0)
 
 
-# ----------------------------------------------------------------------------- medium
+# ----------------------------------------------------------------------------- medium (pooled file)
 
 
 @needs_medium
 def test_medium_partition():
-    fd = load_federated("medium", num_clients=7, seed=0)
+    fd = load_federated(**MEDIUM, num_clients=7, seed=0)
     assert fd.kind == "text" and len(fd.clients) == 7
     assert fd.clients[0].name == "The Startup" and fd.clients[-1].name == "Better Humans"
     titles = [c.x_train.shape[0] + c.x_test.shape[0] for c in fd.clients]
@@ -184,73 +192,182 @@ def test_medium_partition():
     for c in fd.clients:
         n = c.x_train.shape[0] + c.x_test.shape[0]
         assert abs(c.x_test.shape[0] - 0.2 * n) <= 1
-    assert fd.clients[0].x_train.shape[1] <= D.MAX_INPUT_LEN
+    assert fd.clients[0].x_train.shape[1] == D.MAX_TITLE_WORDS - 1
     assert 1000 < fd.num_classes < 10000
 
 
 @needs_medium
-def test_medium_data_path_forms():
-    assert D.resolve_medium_path(MEDIUM_DIR) == Path(MEDIUM_DIR) / "medium_data.csv"
-    csv = str(Path(MEDIUM_DIR) / "medium_data.csv")
-    assert D.resolve_medium_path(csv) == Path(csv)
+def test_medium_wrong_num_clients():
+    with pytest.raises(DataError, match="7 distinct values in client-column 'publication'; set num-clients=7"):
+        load_federated(**MEDIUM, num_clients=5, seed=0)
 
 
 @needs_medium
-def test_medium_wrong_num_clients():
-    with pytest.raises(DataError, match="has 7 publications; set num-clients=7"):
-        load_federated("medium", num_clients=5, seed=0)
+def test_medium_split_into_files_equals_the_pooled_file(tmp_path):
+    """Each publication's own file gives the same clients, vocabulary and tensors as the pooled CSV."""
+    import pandas as pd
+
+    frame = pd.read_csv(Path(MEDIUM_DIR) / "medium_data.csv", dtype=str, keep_default_na=False)
+    for pub, rows in frame.groupby("publication", sort=False):
+        rows.to_csv(tmp_path / f"{pub}.csv", index=False)
+    pooled = load_federated(**MEDIUM, num_clients=7, seed=3)
+    local = load_federated("text", data_path=str(tmp_path), num_clients=7, seed=3)
+    assert pooled.vocab == local.vocab
+    for a, b in zip(pooled.clients, local.clients):
+        assert a.name == b.name
+        assert all(torch.equal(u, v) for u, v in zip((a.x_train, a.y_train, a.x_test, a.y_test),
+                                                      (b.x_train, b.y_train, b.x_test, b.y_test)))
+
+
+# ----------------------------------------------------------------------------- users' files
+
+
+def test_split_matches_hf_train_test_split():
+    for n in (2, 3, 7, 28, 403):
+        for seed in (0, 5):
+            parts = datasets.Dataset.from_dict({"i": list(range(n))}).train_test_split(test_size=0.2, seed=seed)
+            train, test = D.split_indices(n, 0.2, seed, "c")
+            assert train.tolist() == parts["train"]["i"] and test.tolist() == parts["test"]["i"]
+
+
+TITLES = ["How to build a startup", "Why data matters now", "The art of writing", "<b>Design</b> for humans",
+          "One", "A guide to machine learning"]
+
+
+def write_formats(folder: Path) -> dict[str, Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = {"csv": folder / "a.csv", "jsonl": folder / "b.jsonl", "parquet": folder / "c.parquet",
+             "txt": folder / "d.txt"}
+    import pandas as pd
+
+    frame = pd.DataFrame({"title": TITLES, "other": range(len(TITLES))})
+    frame.to_csv(paths["csv"], index=False)
+    paths["jsonl"].write_text("".join(json.dumps({"title": t}) + "\n" for t in TITLES))
+    frame.to_parquet(paths["parquet"])
+    paths["txt"].write_text("\n".join(TITLES) + "\n")
+    return paths
+
+
+def test_every_format_gives_the_same_titles(tmp_path):
+    src = Source("text", max_title_words=24, seed=1)
+    splits = {kind: text_split(src, LOCAL, str(path), "dev") for kind, path in write_formats(tmp_path).items()}
+    first = splits["csv"]
+    assert len(first.train) + len(first.test) == 5  # "One" has no next word
+    assert all(s == first for s in splits.values())
+    assert ("design", "for", "humans") in first.train + first.test
+
+
+def test_local_device_name_defaults_to_file_stem(tmp_path):
+    path = write_formats(tmp_path)["csv"]
+    assert text_split(Source("text"), LOCAL, str(path), "").name == "a"
+    assert text_split(Source("text"), LOCAL, str(path), "ux").name == "ux"
+
+
+def test_folder_one_file_per_client_in_name_order(tmp_path):
+    write_formats(tmp_path / "fed")
+    fd = load_federated("text", data_path=str(tmp_path / "fed"), num_clients=4, seed=0, min_count=1)
+    assert sorted(c.name for c in fd.clients) == ["a", "b", "c", "d"]
+    with pytest.raises(DataError, match="holds 4 client files; set num-clients=4"):
+        load_federated("text", data_path=str(tmp_path / "fed"), num_clients=3, seed=0)
+
+
+def test_numbering_is_largest_first_then_name():
+    assert D.client_order("text", [(LOCAL, 5, "b"), (LOCAL, 9, "z"), (LOCAL, 5, "a")]) == [1, 2, 0]
+    assert D.client_order("digits", [(2, 5, "x"), (0, 1, "y"), (1, 9, "z")]) == [1, 2, 0]
+
+
+def test_small_csv_client_column(tmp_path):
+    # Clients are numbered by size (largest first, ties by name), not NaturalIdPartitioner's
+    # alphabetical order; one-word titles and rows without a client are dropped.
+    rows = ["title,publication"]
+    rows += [f"Zeta story number {i},Zeta" for i in range(10)]
+    rows += [f"Alpha post {i} here,Alpha" for i in range(5)]
+    rows += [f"Beta post {i} here,Beta" for i in range(5)]
+    rows += ["<b>One</b>,Alpha", "Orphan title here,"]
+    (tmp_path / "pubs.csv").write_text("\n".join(rows) + "\n")
+    fd = load_federated("text", data_path=str(tmp_path / "pubs.csv"), client_column="publication", num_clients=3,
+                        seed=0, min_count=1)
+    assert [c.name for c in fd.clients] == ["Zeta", "Alpha", "Beta"]
+    assert [c.x_train.shape[0] + c.x_test.shape[0] for c in fd.clients] == [10, 5, 5]
+
+
+def test_vocab_file_replaces_the_round(tmp_path):
+    (tmp_path / "v.txt").write_text("how\nto\n\nbuild\n")
+    write_formats(tmp_path / "fed")
+    fd = load_federated("text", data_path=str(tmp_path / "fed"), num_clients=4, seed=0,
+                        vocab_path=str(tmp_path / "v.txt"))
+    assert fd.vocab == ["<pad>", "<unk>", "how", "to", "build"]
 
 
 # ----------------------------------------------------------------------------- errors
 
 
-def test_unknown_dataset():
-    with pytest.raises(DataError, match="unknown dataset 'mnist'.*synthetic, medium, digits"):
-        load_federated("mnist", num_clients=7, seed=0)
+@pytest.mark.parametrize("content, match", [
+    (None, "not found"),
+    ("", "is empty"),
+    ("id,text\n1,hello there\n", "no column 'title'.*set text-column"),
+    ("title\nhello there\n", "has 1 usable titles.*at least 2"),
+    (b"\xff\xfe\x00garbage\x00", "cannot read"),
+])
+def test_bad_device_file_names_the_device_and_the_fix(tmp_path, content, match):
+    path = tmp_path / "mine.csv"
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    elif content is not None:
+        path.write_text(content)
+    with pytest.raises(DataError, match=match):
+        text_split(Source("text"), LOCAL, str(path), "ux")
 
 
-def test_missing_csv(tmp_path, monkeypatch):
-    with pytest.raises(DataError, match=r"medium data not found at .*nowhere.*HASA_DATA_DIR"):
-        load_federated("medium", num_clients=7, seed=0, data_path=str(tmp_path / "nowhere"))
+def test_unknown_file_type(tmp_path):
+    (tmp_path / "x.docx").write_text("hi")
+    with pytest.raises(DataError, match="unknown file type .docx"):
+        text_split(Source("text"), LOCAL, str(tmp_path / "x.docx"), "")
+
+
+def test_folder_without_client_files(tmp_path):
+    (tmp_path / "notes.md").write_text("x")
+    with pytest.raises(DataError, match="holds no client files"):
+        load_federated("text", data_path=str(tmp_path), num_clients=2, seed=0)
+
+
+def test_one_file_without_client_column(tmp_path):
+    write_formats(tmp_path)
+    with pytest.raises(DataError, match="set client-column"):
+        load_federated("text", data_path=str(tmp_path / "a.csv"), num_clients=2, seed=0)
+
+
+@pytest.mark.parametrize("content, match", [(None, "not found.*hasa vocab"), ("\n\n", "is empty")])
+def test_bad_vocab_file(tmp_path, content, match):
+    if content is not None:
+        (tmp_path / "v.txt").write_text(content)
+    with pytest.raises(DataError, match=match):
+        D.read_vocab(tmp_path / "v.txt")
+
+
+def test_missing_data_path(tmp_path, monkeypatch):
     monkeypatch.delenv("HASA_DATA_DIR", raising=False)
-    with pytest.raises(DataError, match="HASA_DATA_DIR is unset"):
-        D.resolve_medium_path("")
+    with pytest.raises(DataError, match=r"nowhere not found \(HASA_DATA_DIR is unset\)"):
+        load_federated("text", data_path=str(tmp_path / "nowhere"), num_clients=2, seed=0)
+    with pytest.raises(DataError, match="data-path is empty"):
+        load_federated("text", data_path="", num_clients=2, seed=0)
+
+
+def test_relative_data_path_under_hasa_data_dir(tmp_path, monkeypatch):
+    write_formats(tmp_path / "fed")
     monkeypatch.setenv("HASA_DATA_DIR", str(tmp_path))
-    with pytest.raises(DataError, match="medium_data.csv"):
-        D.resolve_medium_path("")
+    fd = load_federated("text", data_path="fed", num_clients=4, seed=0, min_count=1)
+    assert len(fd.clients) == 4
 
 
-def test_csv_missing_publication_column(tmp_path):
-    path = tmp_path / "medium_data.csv"
-    path.write_text("id,title\n1,Hello World\n2,Another Title Here\n")
-    with pytest.raises(DataError, match="lacks column.*publication.*Kaggle Medium CSV"):
-        load_federated("medium", num_clients=7, seed=0, data_path=str(tmp_path))
-
-
-def test_empty_csv(tmp_path):
-    path = tmp_path / "medium_data.csv"
-    path.write_text("")
-    with pytest.raises(DataError, match="cannot parse"):
-        load_federated("medium", num_clients=7, seed=0, data_path=str(path))
+def test_unknown_dataset():
+    with pytest.raises(DataError, match="unknown dataset 'mnist'.*synthetic, text, digits"):
+        load_federated("mnist", num_clients=7, seed=0)
 
 
 def test_bad_test_fraction():
     with pytest.raises(DataError, match="test-fraction"):
         load_federated("synthetic", num_clients=7, seed=0, test_fraction=1.0)
-
-
-def test_small_csv_natural_partition(tmp_path):
-    # Partition ids follow size (largest first, ties by name), not NaturalIdPartitioner's
-    # alphabetical order.
-    rows = ["title,publication"]
-    rows += [f"Zeta story number {i},Zeta" for i in range(10)]
-    rows += [f"Alpha post {i} here,Alpha" for i in range(5)]
-    rows += [f"Beta post {i} here,Beta" for i in range(5)]
-    rows += ["<b>One</b>,Alpha", ",Beta"]  # one-word and empty titles are dropped
-    (tmp_path / "medium_data.csv").write_text("\n".join(rows) + "\n")
-    fd = load_federated("medium", num_clients=3, seed=0, data_path=str(tmp_path), min_count=1)
-    assert [c.name for c in fd.clients] == ["Zeta", "Alpha", "Beta"]
-    assert [c.x_train.shape[0] + c.x_test.shape[0] for c in fd.clients] == [10, 5, 5]
 
 
 # ----------------------------------------------------------------------------- digits

@@ -37,6 +37,7 @@ def node_configs(caps=CAPS) -> list[dict]:
 
 
 def run(dep, tmp_path, overrides=None, on_line=None):
+    tmp_path.mkdir(parents=True, exist_ok=True)
     log_path = tmp_path / "flwr.log"
     with log_path.open("w") as log:
         outcome = run_app(dep, ROOT, {**RUN, "results-dir": str(tmp_path / "results"), **(overrides or {})},
@@ -147,4 +148,68 @@ def test_deploy_node_drop_out(tmp_path):
         assert dropped["accuracy"] is None and dropped["full_width_accuracy"] is None
         assert all(c["accuracy"] is not None for c in res["clients"][:2])
         assert abs(res["budget"]["used"] - BUDGET) <= 1e-6
+    assert_all_stopped(marker)
+
+
+def write_device_files(root: Path) -> list[Path]:
+    """Three devices, each a folder holding only its own file, in three of the supported formats."""
+    from hasa_flwr.data.synthetic import synthetic_titles
+
+    paths = []
+    for i, ((_, titles), suffix) in enumerate(zip(synthetic_titles(3), (".csv", ".jsonl", ".txt"))):
+        folder = root / f"device-{i}"
+        folder.mkdir(parents=True)
+        path = folder / f"titles{suffix}"
+        if suffix == ".csv":
+            path.write_text("title,extra\n" + "".join(f"{t},{n}\n" for n, t in enumerate(titles)))
+        elif suffix == ".jsonl":
+            path.write_text("".join(json.dumps({"title": t}) + "\n" for t in titles))
+        else:
+            path.write_text("\n".join(titles) + "\n")
+        paths.append(path)
+    return paths
+
+
+def test_deploy_tls_local_files_and_bad_devices(tmp_path):
+    """Each SuperNode runs in its own folder with only its own file (node config data-path and
+    client-name; no partition id): a vocabulary round, then 2 rounds of hasa over TLS. Then a device
+    whose file is missing, and two devices with the same client-name, stop the run before training
+    with one line that names the device, and write no results.json."""
+    files = write_device_files(tmp_path / "devices")
+    names = ("startup", "science", "humans")
+    configs = [{"data-path": str(p), "client-name": n, "max-width": cap, "threads": 1}
+               for p, n, cap in zip(files, names, CAPS)]
+    run_config = {**RUN, "dataset": "text", "data-path": "", "min-count": 1}
+    with deployment(configs, tls=True, node_dirs=[p.parent for p in files]) as dep:
+        marker = dep.marker
+        outcome, log = run(dep, tmp_path, run_config)
+        assert outcome.results is not None, f"{outcome}\n{log[-3000:]}\n{dep.logs()}"
+        res = json.loads(outcome.results.read_text())
+        clients = res["clients"]
+        assert [c["name"] for c in clients] == list(names)  # numbered largest first
+        assert [c["n_train_rows"] for c in clients] == sorted((c["n_train_rows"] for c in clients), reverse=True)
+        for c, cap in zip(clients, CAPS):
+            assert c["cap"] == pytest.approx(cap) and res["config"]["width_min"] - 1e-12 <= c["width"] <= cap + 1e-12
+            assert c["accuracy"] is not None and c["majority_accuracy"] is not None
+        n = [c["n_train"] for c in clients]
+        assert abs(sum(ni * c["width"] for ni, c in zip(n, clients)) / sum(n) - BUDGET) <= 1e-6
+        assert res["vocabulary"]["source"] == "round" and res["vocabulary"]["size"] > 100
+        assert "word_counts" in res["privacy"]["server_saw_per_client"]
+        assert [h["round"] for h in res["history"]] == [1, 2] and res["rejected_updates"] == []
+
+    assert_all_stopped(marker)
+
+    bad = {"missing": [configs[0], configs[1], {**configs[2], "data-path": str(files[2].parent / "gone.csv")}],
+           "twins": [configs[0], configs[1], {**configs[2], "client-name": "startup"}]}
+    for case, node_configs in bad.items():  # a fresh deployment each: a re-registered node would linger
+        with deployment(node_configs, node_dirs=[p.parent for p in files]) as dep:
+            marker = dep.marker
+            outcome, log = run(dep, tmp_path / case, run_config)
+            assert outcome.results is None and outcome.error, f"{log[-3000:]}\n{dep.logs()}"
+            assert "\n" not in outcome.error
+            if case == "missing":
+                assert "device 'humans'" in outcome.error and "gone.csv not found" in outcome.error
+            else:
+                assert "'startup' used by more than one device" in outcome.error and "client-name" in outcome.error
+            assert not (tmp_path / case / "results").exists()
     assert_all_stopped(marker)

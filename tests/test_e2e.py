@@ -17,6 +17,7 @@ SMALL = {"num-server-rounds": 2, "embed-dim": 16, "hidden-dim": 32}
 
 
 def run(superlink, tmp_path, overrides, num_supernodes=7, timeout=600):
+    tmp_path.mkdir(parents=True, exist_ok=True)
     log = (tmp_path / "flwr.log").open("w")
     with log:
         outcome = flwr_run(ROOT, {"results-dir": str(tmp_path / "results"), **overrides},
@@ -68,6 +69,30 @@ def test_medium_two_rounds(superlink, tmp_path):
     assert {c["name"] for c in res["clients"]} >= {"Towards Data Science", "Better Humans"}
 
 
+@pytest.mark.skipif(medium_csv() is None, reason="HASA_DATA_DIR has no medium_data.csv")
+def test_medium_local_files_equal_the_pooled_file(superlink, tmp_path):
+    """Each simulated client reads only its own publication's file: the run equals the pooled one."""
+    import pandas as pd
+
+    folder = tmp_path / "per-publication"
+    folder.mkdir()
+    frame = pd.read_csv(medium_csv(), dtype=str, keep_default_na=False)
+    for pub, rows in frame.groupby("publication", sort=False):
+        rows.to_csv(folder / f"{pub}.csv", index=False)
+    preset = {**read_preset(ROOT / "conf" / "medium.toml"), **SMALL, "seed": 1}
+    pooled, log = run(superlink, tmp_path / "pooled", {**preset, "data-path": str(medium_csv())})
+    assert pooled.results is not None, log[-3000:]
+    local, log = run(superlink, tmp_path / "local", {**preset, "data-path": str(folder), "client-column": ""})
+    assert local.results is not None, log[-3000:]
+    a, b = (json.loads(r.results.read_text()) for r in (pooled, local))
+    assert a["vocabulary"] == b["vocabulary"] and a["vocabulary"]["source"] == "round"
+    keys = ("partition_id", "name", "n_train", "n_test", "score", "rank", "width", "accuracy", "top3", "loss",
+            "full_width_accuracy")
+    assert [[c[k] for k in keys] for c in a["clients"]] == [[c[k] for k in keys] for c in b["clients"]]
+    assert [h["accuracies"] for h in a["history"]] == [h["accuracies"] for h in b["history"]]
+    assert "word_counts" in a["privacy"]["server_saw_per_client"]
+
+
 def test_fewer_nodes_than_clients_stops_with_advice(superlink, tmp_path):
     outcome, log = run(superlink, tmp_path, {**SMALL, "wait-seconds": 5.0}, num_supernodes=3)
     assert outcome.results is None
@@ -78,8 +103,9 @@ def test_fewer_nodes_than_clients_stops_with_advice(superlink, tmp_path):
 def test_serverapp_rejects_bad_names_and_client_data_errors(superlink, tmp_path):
     outcome, _ = run(superlink, tmp_path, {**SMALL, "extraction": "nope"})
     assert outcome.results is None and "unknown extraction 'nope'" in outcome.error
-    outcome, _ = run(superlink, tmp_path, {**SMALL, "dataset": "medium", "data-path": str(tmp_path / "none.csv")})
-    assert outcome.results is None and "medium data not found" in outcome.error
+    outcome, _ = run(superlink, tmp_path, {**SMALL, "dataset": "text", "client-column": "publication",
+                                           "data-path": str(tmp_path / "none.csv")})
+    assert outcome.results is None and "none.csv not found" in outcome.error
     assert not (tmp_path / "results").exists()
 
 

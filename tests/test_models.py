@@ -1,5 +1,5 @@
 """Tests for hasa_flwr.models: slicing specs, the exactness property of extracted subnets
-(DESIGN.md section 4), and the MAC cost model (section 2)."""
+(docs/METHOD.md section 4), and the MAC cost model (section 1)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Tests for hasa_flwr.scores: JSD against scipy, entropy, random scores (DESIGN.md section 3)."""
+"""Tests for hasa_flwr.scores: JSD against scipy, entropy, random scores (docs/METHOD.md section 3)."""
 
 from __future__ import annotations
 

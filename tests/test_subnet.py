@@ -1,5 +1,5 @@
 """Tests for hasa_flwr.subnet: unit counts, unit selection (prefix / rolling / random / ordered),
-position arithmetic and extraction (DESIGN.md sections 2 and 4)."""
+position arithmetic and extraction (docs/METHOD.md sections 1 and 4)."""
 
 from __future__ import annotations
 

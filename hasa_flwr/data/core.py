@@ -1,0 +1,69 @@
+"""What every data source produces: one client's tensors, the split rule and the error type."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+IGNORE_INDEX = -100
+
+
+class DataError(ValueError):
+    """A data problem the user can fix; the message says what is wrong and how to fix it."""
+
+
+@dataclass
+class ClientData:
+    """One client's tensors. Text rows are titles; each non-ignored target is one sample."""
+
+    name: str
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+
+    @property
+    def n_train(self) -> int:
+        """Samples as the budget and the weighted averages count them: labelled targets."""
+        return int((self.y_train != IGNORE_INDEX).sum())
+
+    @property
+    def n_test(self) -> int:
+        return int((self.y_test != IGNORE_INDEX).sum())
+
+    @property
+    def n_train_rows(self) -> int:
+        """Titles (text) or images (images) in the training split: what clients are numbered by."""
+        return int(self.x_train.shape[0])
+
+    def label_counts(self, num_classes: int) -> np.ndarray:
+        """Training label histogram: the statistic the jsd score needs."""
+        y = self.y_train[self.y_train != IGNORE_INDEX].numpy()
+        return np.bincount(y, minlength=num_classes).astype(np.int64)
+
+    def majority_accuracy(self) -> float:
+        """Test accuracy of always predicting the most frequent training label: the floor a model must beat."""
+        y = self.y_train[self.y_train != IGNORE_INDEX]
+        t = self.y_test[self.y_test != IGNORE_INDEX]
+        if y.numel() == 0 or t.numel() == 0:
+            return 0.0
+        return float((t == torch.bincount(y).argmax()).float().mean())
+
+
+def split_indices(n: int, test_fraction: float, seed: int, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """Per-client train/test split; the one place the run seed touches the data.
+
+    The same permutation as HF ``Dataset.train_test_split(test_size, seed)`` (tested), without
+    importing ``datasets`` on a device's training path.
+    """
+    if not 0.0 < test_fraction < 1.0:
+        raise DataError(f"test-fraction must be in (0, 1), got {test_fraction}: use e.g. 0.2")
+    if n < 2:
+        raise DataError(f"client {name!r} has {n} usable rows; it needs at least 2 for a train/test split: "
+                        "give it more data")
+    n_test = max(1, min(n - 1, math.ceil(test_fraction * n)))
+    perm = np.random.default_rng(seed).permutation(n)
+    return perm[n_test:], perm[:n_test]
