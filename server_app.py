@@ -37,10 +37,10 @@ def run(grid: Grid, context: Context) -> None:
     settings = settings_from_run_config(context.run_config)
     nodes = wait_for_nodes(grid, settings.num_clients, settings.wait_seconds)
     vocab, vocab_source = vocabulary_round(grid, nodes, settings)
-    clients, num_classes = query_stats(grid, nodes, settings.num_clients, settings.dataset, settings.round_timeout,
-                                       vocab, send_words=vocab_source == "round")
+    clients, num_classes, input_shape = query_stats(grid, nodes, settings.num_clients, settings.dataset,
+                                                    settings.round_timeout, vocab, send_words=vocab_source == "round")
     config = ConfigRecord({"vocab-hash": vocab_hash(vocab)} if vocab else {})
-    model = settings.initial_model(num_classes)
+    model = settings.initial_model(num_classes, input_shape)
     initial = ArrayRecord(model.state_dict())
     allocation = allocation_round(grid, settings, clients, model, initial, config)
 

@@ -200,12 +200,12 @@ def plain_loop(settings, widths: list[float], *, num_threads: int) -> PlainTimes
     torch.set_num_threads(num_threads)
     fed = settings.load_data()
     sizes = settings.sizes
-    model = settings.initial_model(fed.num_classes)
+    model = settings.initial_model(fed.num_classes, fed.input_shape)
     spec = model.slicing_spec()
     state = {k: v.clone() for k, v in model.state_dict().items()}
 
     def sub_model(width: float, params: dict[str, torch.Tensor]) -> torch.nn.Module:
-        m = settings.build(fed.num_classes, width)
+        m = settings.build(fed.num_classes, width, fed.input_shape)
         m.load_state_dict(params)
         return m
 
@@ -222,7 +222,8 @@ def plain_loop(settings, widths: list[float], *, num_threads: int) -> PlainTimes
             local = sub_model(width, sub)
             ordered = None
             if settings.extraction == "ordered":
-                ordered = OrderedDropout(settings.model, fed.num_classes, sizes, width, scaler=settings.scaler)
+                ordered = OrderedDropout(settings.model, fed.num_classes, sizes, width, scaler=settings.scaler,
+                                         input_shape=fed.input_shape)
             train(local, client.x_train, client.y_train, epochs=settings.local_epochs, batch_size=settings.batch_size,
                   lr=settings.lr, optimizer=settings.optimizer, momentum=settings.momentum,
                   seed=hash_seed(settings.seed, rnd, pid), ordered=ordered)
@@ -271,16 +272,19 @@ def message_costs(settings, config: dict[str, Any], widths: list[float]) -> dict
 
     fed = settings.load_data()
     sizes = settings.sizes
-    model = settings.initial_model(fed.num_classes)
+    model = settings.initial_model(fed.num_classes, fed.input_shape)
     state = model.state_dict()
     spec = model.slicing_spec()
     run_config = {k: v for k, v in config.items()}
     costs = {"records_s": 0.0, "pickle_s": 0.0, "setup_s": 0.0, "bytes_to_clients": 0.0, "bytes_from_clients": 0.0}
 
     def ctx(pid: int) -> Context:
+        state = RecordDict()
+        if fed.vocab is not None:  # what the vocabulary round leaves in every node's state
+            state.config_records[client_mod.VOCAB_STATE] = ConfigRecord({"words": fed.vocab})
         return Context(run_id=1, node_id=pid + 1, node_config={"partition-id": pid,
                                                                 "num-partitions": settings.num_clients},
-                       state=RecordDict(), run_config=run_config)
+                       state=state, run_config=run_config)
 
     from flwr.supercore.task_identity import TaskIdentity
 
@@ -294,8 +298,8 @@ def message_costs(settings, config: dict[str, Any], widths: list[float]) -> dict
     for pid, width in enumerate(widths):
         c = ctx(pid)
         t0 = time.perf_counter()
-        client_mod.setup(c)  # train message
-        client_mod.setup(c)  # evaluate message
+        client_mod.client_data(settings, c)  # train message
+        client_mod.client_data(settings, c)  # evaluate message
         costs["setup_s"] += time.perf_counter() - t0
         idx = select_units("prefix", width, sizes)
         sub = extract(state, spec, idx, sizes)

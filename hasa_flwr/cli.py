@@ -56,6 +56,24 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     return 1 if outcome.failed else 0
 
 
+def cmd_split(args: argparse.Namespace) -> int:
+    from .data.prepare import split_by_column
+
+    files = split_by_column(args.file, args.client_column, args.out)
+    print(f"split: {len(files)} client files in {Path(args.out).absolute()}")
+    return 0
+
+
+def cmd_vocab(args: argparse.Namespace) -> int:
+    from .data.prepare import vocab_from_files, write_vocab
+
+    vocab = vocab_from_files(args.files, text_column=args.text_column, min_count=args.min_count, seed=args.seed,
+                             test_fraction=args.test_fraction, max_title_words=args.max_title_words)
+    path = write_vocab(vocab, args.out)
+    print(f"vocab: {len(vocab) - 2} words (+ <pad>, <unk>) in {path.absolute()}")
+    return 0
+
+
 def cmd_grid(args: argparse.Namespace) -> int:
     from .grid import read_grid, run_grid
     from .sweep import parse_seeds
@@ -176,6 +194,25 @@ def build_parser() -> argparse.ArgumentParser:
                          "--strategies hasa --label hasa-selective --set aggregation=selective")
     add_run_options(sw, "0-9")
     sw.set_defaults(func=cmd_sweep)
+
+    sp = sub.add_parser("split", help="one CSV per client from a pooled file (the files each device holds)")
+    sp.add_argument("file", help="a .csv, .jsonl or .parquet file with a client column")
+    sp.add_argument("--client-column", required=True, help="the column that names each row's client")
+    sp.add_argument("--out", required=True, help="a new (or empty) folder for <client>.csv files")
+    sp.set_defaults(func=cmd_split)
+
+    vo = sub.add_parser("vocab", help="a shared vocabulary file (for run config vocab-path) from text files",
+                        description="Each FILE (or each file of a FOLDER) is one client; its titles are cleaned and "
+                                    "split as in a run with --seed, and the words whose pooled training count reaches "
+                                    "--min-count are written one per line, most frequent first.")
+    vo.add_argument("files", nargs="+", metavar="FILE|FOLDER")
+    vo.add_argument("--out", required=True, help="vocabulary file to write")
+    vo.add_argument("--text-column", default="title", help="column with the titles (default: title)")
+    vo.add_argument("--min-count", type=int, default=2, help="pooled training count a word needs (default 2)")
+    vo.add_argument("--seed", type=int, default=0, help="the run seed whose train/test split is used (default 0)")
+    vo.add_argument("--test-fraction", type=float, default=0.2, help="as the run config's (default 0.2)")
+    vo.add_argument("--max-title-words", type=int, default=24, help="as the run config's (default 24)")
+    vo.set_defaults(func=cmd_vocab)
 
     gr = sub.add_parser("grid", help="a research map: every cell of a grid file x its arms x seeds (resumable)",
                         description="Runs <out>/<cell>/<arm>/seed-<k>/results.json, seed-major over the whole grid, "

@@ -2,9 +2,9 @@
 
 The ClientApp in client_app.py only routes messages here. A client reads the same run config as
 the server (so both derive identical model sizes) and its own node config. In deployment a device
-names its own file (`data-path`, optionally `client-name`) and reads nothing else; the built-in
-data sets and simulations name a partition instead (`partition-id`, `num-partitions`). Other
-node config: `max-width` (device cap) and `threads`.
+names its own file or image folder (`data-path`, optionally `client-name`) and reads nothing
+else; the built-in data sets and simulations name a partition instead (`partition-id`,
+`num-partitions`). Other node config: `max-width` (device cap) and `threads`.
 """
 
 from __future__ import annotations
@@ -58,7 +58,8 @@ def client_data(settings: Settings, context: Context, expected_hash: str | None 
     pid, path, name = node_identity(settings, context)
     src = settings.source
     if src.kind == "image":
-        return node_image_data(src, pid), 10
+        data = node_image_data(src, pid, path, name)
+        return data, len(data.classes)
     vocab = agreed_vocab(settings, context, expected_hash)
     key = (src, pid, path, name, vocab_hash(vocab))
     if key not in _ENCODED:
@@ -67,15 +68,22 @@ def client_data(settings: Settings, context: Context, expected_hash: str | None 
     return _ENCODED[key], len(vocab)
 
 
-def load_model(settings: Settings, num_classes: int, arrays: ArrayRecord, width: float) -> torch.nn.Module:
-    model = settings.build(num_classes, width)
+def input_shape(settings: Settings, data: ClientData) -> tuple[int, ...] | None:
+    """The CNN's (channels, height, width): this client's images' (the query round checked that all agree)."""
+    return tuple(data.x_train.shape[1:]) if settings.source.kind == "image" else None
+
+
+def load_model(settings: Settings, num_classes: int, arrays: ArrayRecord, width: float,
+               shape: tuple[int, ...] | None = None) -> torch.nn.Module:
+    model = settings.build(num_classes, width, shape)
     model.load_state_dict(arrays.to_torch_state_dict())
     return model
 
 
-def prefix_model(settings: Settings, num_classes: int, arrays: ArrayRecord, width: float) -> torch.nn.Module:
+def prefix_model(settings: Settings, num_classes: int, arrays: ArrayRecord, width: float,
+                 shape: tuple[int, ...] | None = None) -> torch.nn.Module:
     """The deployable width-``width`` prefix of a full supernet."""
-    return settings.prefix_of(load_model(settings, num_classes, arrays, 1.0), num_classes, width)
+    return settings.prefix_of(load_model(settings, num_classes, arrays, 1.0, shape), num_classes, width)
 
 
 def query_vocab(msg: Message, context: Context) -> Message:
@@ -90,7 +98,8 @@ def query_vocab(msg: Message, context: Context) -> Message:
 
 
 def query_stats(msg: Message, context: Context) -> Message:
-    """Sizes, label counts and cap; first stores the agreed vocabulary the server sent."""
+    """Sizes, label counts and cap (images: also the shape and which class list); first stores the
+    agreed vocabulary the server sent."""
     settings = settings_from_run_config(context.run_config)
     expected = None
     if "vocab" in msg.content.config_records:  # text: the hash, and the words unless every party reads vocab-path
@@ -111,7 +120,11 @@ def query_stats(msg: Message, context: Context) -> Message:
         "label-counts": [int(v) for v in data.label_counts(num_classes)],
         "max-width": float(node.get("max-width", -1.0)),
     })
-    return Message(RecordDict({"stats": stats, "info": ConfigRecord({"name": data.name})}), reply_to=msg)
+    info = ConfigRecord({"name": data.name})
+    if settings.source.kind == "image":  # the server builds the CNN for this shape; the hash catches other classes
+        stats["input-shape"] = [int(v) for v in input_shape(settings, data)]
+        info["classes"] = vocab_hash(list(data.classes))
+    return Message(RecordDict({"stats": stats, "info": info}), reply_to=msg)
 
 
 def _data_for(msg: Message, context: Context) -> tuple[Settings, ClientData, int]:
@@ -124,7 +137,8 @@ def _data_for(msg: Message, context: Context) -> tuple[Settings, ClientData, int
 
 def query_loss(msg: Message, context: Context) -> Message:
     settings, data, num_classes = _data_for(msg, context)
-    model = prefix_model(settings, num_classes, msg.content["arrays"], float(msg.content["config"]["width"]))
+    model = prefix_model(settings, num_classes, msg.content["arrays"], float(msg.content["config"]["width"]),
+                         input_shape(settings, data))
     loss = evaluate(model, data.x_train, data.y_train)["loss"]
     return Message(RecordDict({"metrics": MetricRecord({"loss": loss})}), reply_to=msg)
 
@@ -132,11 +146,12 @@ def query_loss(msg: Message, context: Context) -> Message:
 def train_subnet(msg: Message, context: Context) -> Message:
     settings, data, num_classes = _data_for(msg, context)
     cfg = msg.content["config"]
-    width = float(cfg["width"])
-    model = load_model(settings, num_classes, msg.content["arrays"], width)
+    width, shape = float(cfg["width"]), input_shape(settings, data)
+    model = load_model(settings, num_classes, msg.content["arrays"], width, shape)
     ordered = None
     if bool(cfg["ordered"]):
-        ordered = OrderedDropout(settings.model, num_classes, settings.sizes, width, scaler=settings.scaler)
+        ordered = OrderedDropout(settings.model, num_classes, settings.sizes, width, scaler=settings.scaler,
+                                 input_shape=shape)
     loss = train(model, data.x_train, data.y_train, epochs=settings.local_epochs, batch_size=settings.batch_size,
                  lr=settings.lr, optimizer=settings.optimizer, momentum=settings.momentum,
                  seed=int(cfg["train-seed"]), ordered=ordered)
@@ -147,11 +162,12 @@ def train_subnet(msg: Message, context: Context) -> Message:
 def evaluate_subnet(msg: Message, context: Context) -> Message:
     settings, data, num_classes = _data_for(msg, context)
     cfg = msg.content["config"]
-    arrays = msg.content["arrays"]
-    result = evaluate(prefix_model(settings, num_classes, arrays, float(cfg["width"])), data.x_test, data.y_test)
+    arrays, shape = msg.content["arrays"], input_shape(settings, data)
+    result = evaluate(prefix_model(settings, num_classes, arrays, float(cfg["width"]), shape), data.x_test,
+                      data.y_test)
     metrics = {"num-examples": data.n_test, "accuracy": result["accuracy"], "top3": result["top3"],
                "loss": result["loss"], "majority": data.majority_accuracy()}
     if bool(cfg["full-width"]):
-        metrics["full-width-accuracy"] = evaluate(load_model(settings, num_classes, arrays, 1.0),
+        metrics["full-width-accuracy"] = evaluate(load_model(settings, num_classes, arrays, 1.0, shape),
                                                   data.x_test, data.y_test)["accuracy"]
     return Message(RecordDict({"metrics": MetricRecord(metrics)}), reply_to=msg)

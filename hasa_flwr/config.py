@@ -33,7 +33,7 @@ STRATEGIES: dict[str, tuple[str, str]] = {
     "fjord": ("uniform", "ordered"),
 }
 BUDGET_COSTS = ("width", "macs")
-MODEL_OF = {"synthetic": "lstm", "text": "lstm", "digits": "cnn"}
+MODEL_OF = {"synthetic": "lstm", "text": "lstm", "digits": "cnn", "images": "cnn"}
 
 
 @dataclass(frozen=True)
@@ -72,6 +72,7 @@ class Settings:
     client_column: str = ""
     max_title_words: int = 24
     vocab_path: str = ""
+    class_names: str = ""              # images: "cat,dog,..." (label = index); "" = each client's class folders
 
     @property
     def model(self) -> str:
@@ -95,27 +96,35 @@ class Settings:
     def source(self) -> Source:
         """Where each client's data is and how it is shaped (what a node needs to load its own)."""
         return Source(self.dataset, self.data_path, self.text_column, self.client_column, self.num_clients, self.seed,
-                      self.test_fraction, self.max_title_words, self.min_count, self.vocab_path, self.dirichlet_alpha)
+                      self.test_fraction, self.max_title_words, self.min_count, self.vocab_path, self.dirichlet_alpha,
+                      tuple(n for n in self.class_names.split(",") if n))
 
     def load_data(self) -> FederatedData:
         """The whole federation's data as its nodes derive it, with the agreed vocabulary (simulation tools)."""
         return load_federated(self.source)
 
-    def build(self, num_classes: int, width: float = 1.0) -> torch.nn.Module:
-        """The width-``width`` member of this run's supernet family (random weights)."""
-        return build_model(self.model, num_classes, self.sizes, width, scaler=self.scaler)
+    def build(self, num_classes: int, width: float = 1.0,
+              input_shape: tuple[int, ...] | None = None) -> torch.nn.Module:
+        """The width-``width`` member of this run's supernet family (random weights).
+
+        ``input_shape``: the images' (channels, height, width), which only the data knows (digits:
+        1x8x8 by default; text: unused)."""
+        if input_shape is None and self.dataset == "images":
+            raise ValueError("dataset 'images' builds its CNN for the data's image shape: pass input_shape")
+        return build_model(self.model, num_classes, self.sizes, width, scaler=self.scaler, input_shape=input_shape)
 
     def prefix_of(self, full: torch.nn.Module, num_classes: int, width: float) -> torch.nn.Module:
-        """The deployable width-``width`` prefix subnet of a full supernet (what clients evaluate)."""
-        sub = self.build(num_classes, width)
+        """The deployable width-``width`` prefix subnet of a full supernet (what clients evaluate),
+        for the full model's input shape."""
+        sub = self.build(num_classes, width, getattr(full, "input_shape", None))
         sub.load_state_dict(extract(full.state_dict(), full.slicing_spec(), select_units("prefix", width, self.sizes),
                                     self.sizes))
         return sub
 
-    def initial_model(self, num_classes: int) -> torch.nn.Module:
+    def initial_model(self, num_classes: int, input_shape: tuple[int, ...] | None = None) -> torch.nn.Module:
         """The full supernet every strategy starts from for this seed (matched seeds)."""
         torch.manual_seed(self.seed)
-        return self.build(num_classes)
+        return self.build(num_classes, input_shape=input_shape)
 
 
 def upgrade_recorded(d: dict[str, Any]) -> dict[str, Any]:
@@ -159,6 +168,16 @@ def parse_score_values(score: str, text: str, num_clients: int) -> tuple[float, 
         raise ValueError("score='given' needs score-values: one number per partition id, e.g. "
                          "score-values='0.3,0.1,...'")
     return parse_per_client("score-values", text, num_clients, broadcast=False)
+
+
+def parse_class_names(dataset: str, text: str) -> str:
+    """'cat, dog,bird' -> 'cat,dog,bird': the federation's classes in label order (images only)."""
+    names = [n.strip() for n in str(text).split(",") if n.strip()]
+    if names and dataset != "images":
+        raise ValueError(f"class-names is only read with dataset='images' (dataset is '{dataset}'): drop class-names")
+    if len(set(names)) != len(names):
+        raise ValueError(f"class-names '{text}' lists a class twice: name each class folder once")
+    return ",".join(names)
 
 
 def at_least(key: str, value: int, low: int) -> int:
@@ -215,4 +234,5 @@ def settings_from_run_config(rc: dict[str, Any]) -> Settings:
         client_column=str(rc["client-column"]),
         max_title_words=at_least("max-title-words", int(rc["max-title-words"]), 2),
         vocab_path=str(rc["vocab-path"]),
+        class_names=parse_class_names(str(rc["dataset"]), rc["class-names"]),
     )

@@ -16,6 +16,7 @@ from torch import nn
 from .subnet import Axis, Spec, sub_sizes
 
 MODELS = ("lstm", "cnn")
+DIGITS_SHAPE = (1, 8, 8)  # (channels, height, width) of sklearn's digits: the CNN's default input
 
 
 class LSTMLanguageModel(nn.Module):
@@ -61,25 +62,31 @@ class Scaler(nn.Module):
 
 
 class WidthCNN(nn.Module):
-    """Two conv blocks and a linear head for small images (8x8 digits).
+    """Two conv blocks and a linear head for small images (8x8 digits, or the users' own size).
 
     Normalisation is static BatchNorm (``track_running_stats=False``): it normalises with the
     current batch's statistics in training and evaluation alike, so no running statistics are
     averaged across clients of different widths, and it is per channel, so removing a channel
     does not change the others (slicing stays exact; GroupNorm would mix channels in a group).
+    The head sees every pooled position, so its size grows with the image: keep images small.
     """
 
-    def __init__(self, num_classes: int, c1: int, c2: int, *, in_channels: int = 1, image_size: int = 8,
-                 width: float = 1.0, scaler: bool = False) -> None:
+    def __init__(self, num_classes: int, c1: int, c2: int, *, in_channels: int = 1,
+                 image_size: int | tuple[int, int] = 8, width: float = 1.0, scaler: bool = False) -> None:
         super().__init__()
+        height, wide = (image_size, image_size) if isinstance(image_size, int) else image_size
+        if min(height, wide) < 2:
+            raise ValueError(f"images of {height}x{wide} pixels are too small for the CNN's 2x2 pooling: use images "
+                             "of at least 2x2")
+        self.input_shape = (in_channels, height, wide)
         scale = Scaler(width) if scaler else nn.Identity()
         self.features = nn.Sequential(
             nn.Conv2d(in_channels, c1, 3, padding=1), scale, nn.BatchNorm2d(c1, track_running_stats=False), nn.ReLU(),
             nn.Conv2d(c1, c2, 3, padding=1), scale, nn.BatchNorm2d(c2, track_running_stats=False), nn.ReLU(),
             nn.MaxPool2d(2),
         )
-        self.spatial = (image_size // 2) ** 2
-        self.conv_positions = image_size**2  # 3x3 convs with padding 1 keep the image size
+        self.spatial = (height // 2) * (wide // 2)
+        self.conv_positions = height * wide  # 3x3 convs with padding 1 keep the image size
         self.head = nn.Linear(c2 * self.spatial, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -109,13 +116,18 @@ def full_sizes(model: str, embed: int, hidden: int) -> dict[str, int]:
 
 
 def build_model(model: str, num_classes: int, sizes: dict[str, int], width: float = 1.0,
-                *, scaler: bool = False) -> nn.Module:
-    """The width-``width`` member of the supernet family whose full sizes are ``sizes``."""
+                *, scaler: bool = False, input_shape: tuple[int, ...] | None = None) -> nn.Module:
+    """The width-``width`` member of the supernet family whose full sizes are ``sizes``.
+
+    ``input_shape``: the CNN's (channels, height, width), from the data (default: digits'); the
+    LSTM ignores it."""
     k = sub_sizes(width, sizes)
     if model == "lstm":
         return LSTMLanguageModel(num_classes, k["embed"], k["hidden"])
     if model == "cnn":
-        return WidthCNN(num_classes, k["c1"], k["c2"], width=width, scaler=scaler)
+        channels, height, wide = input_shape or DIGITS_SHAPE
+        return WidthCNN(num_classes, k["c1"], k["c2"], in_channels=channels, image_size=(height, wide), width=width,
+                        scaler=scaler)
     raise ValueError(f"unknown model '{model}': choose one of {', '.join(MODELS)}")
 
 

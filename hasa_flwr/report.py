@@ -449,7 +449,7 @@ def client_scores(config: dict[str, Any]) -> dict[str, np.ndarray]:
     settings = Settings.from_dict({**config, "data_path": data_path})
     fed = settings.load_data()
     counts = np.stack([c.label_counts(fed.num_classes) for c in fed.clients])
-    full = settings.initial_model(fed.num_classes)
+    full = settings.initial_model(fed.num_classes, fed.input_shape)
     sub = settings.prefix_of(full, fed.num_classes, settings.budget)
     losses = np.array([evaluate(sub, c.x_train, c.y_train)["loss"] for c in fed.clients])
     return {"jsd": jsd_scores(counts), "entropy": entropy_scores(counts), "loss": losses}

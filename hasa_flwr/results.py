@@ -24,6 +24,8 @@ def privacy(settings: Settings, vocab_source: str | None) -> dict[str, Any]:
         seen += ["label_counts", "initial_loss"]
     if vocab_source == "round":
         seen.append("word_counts")
+    if settings.source.kind == "image":
+        seen += ["input_shape", "class_names_hash"]  # the query round: the CNN's shape, the class-list check
     seen += ["trained_subnet_parameters", "test_accuracy", "test_loss", "train_loss"]
     received = ["supernet_prefix_or_subset_at_own_width", "allocated_width", "run_config"]
     if vocab_source:

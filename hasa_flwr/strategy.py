@@ -101,11 +101,15 @@ def agree_vocabulary(grid: Grid, nodes: list[int], vocab_path: str, min_count: i
 
 
 def query_stats(grid: Grid, nodes: list[int], num_clients: int, dataset: str, timeout: float,
-                vocab: list[str] | None = None, send_words: bool = True) -> tuple[list[ClientInfo], int]:
-    """Sizes, integer label counts and device cap of every node (sent once), numbered by the server.
+                vocab: list[str] | None = None,
+                send_words: bool = True) -> tuple[list[ClientInfo], int, tuple[int, ...] | None]:
+    """Sizes, integer label counts and device cap of every node (sent once), numbered by the server;
+    also the number of classes and the images' (channels, height, width) (None for text), which
+    the server builds the model for.
 
     Text clients first receive the agreed vocabulary (the words, unless every party reads the same
-    vocab-path; its hash always, so a device with another vocabulary is caught)."""
+    vocab-path; its hash always, so a device with another vocabulary is caught). Image clients
+    send their shape and a hash of their class list: all must agree."""
     content = RecordDict()
     if vocab is not None:
         agreed = {"hash": vocab_hash(vocab), **({"words": vocab} if send_words else {})}
@@ -133,6 +137,7 @@ def query_stats(grid: Grid, nodes: list[int], num_clients: int, dataset: str, ti
         nodes_of = {n: [c.node_id for c in clients if c.name == n] for n in twice}
         raise FederationError(f"client name(s) {', '.join(repr(n) for n in twice)} used by more than one device "
                               f"(nodes {nodes_of}): give every SuperNode its own client-name")
+    shape = agreed_images(replies)
     if len(num_classes) != 1:
         raise FederationError(f"clients disagree on the number of classes/vocabulary ({sorted(num_classes)}): "
                               "give every node the same run config")
@@ -140,7 +145,31 @@ def query_stats(grid: Grid, nodes: list[int], num_clients: int, dataset: str, ti
     ordered = [clients[i] for i in order]
     for number, c in enumerate(ordered):  # the server's numbering seeds training and indexes width-cap
         c.partition_id = number
-    return ordered, num_classes.pop()
+    return ordered, num_classes.pop(), shape
+
+
+def agreed_images(replies: dict[int, RecordDict]) -> tuple[int, ...] | None:
+    """The (channels, height, width) every image client reported; FederationError if the class
+    lists or the shapes differ (a label would mean another class, or the CNN would not fit)."""
+    classes = {n: str(r["info"]["classes"]) for n, r in replies.items() if "classes" in r["info"]}
+    if len(set(classes.values())) > 1:
+        raise FederationError(f"clients have different class lists ({_groups(classes, replies)}): set class-names "
+                              "to the federation's classes, comma-separated (a client may lack some)")
+    shapes = {n: tuple(int(v) for v in r["stats"]["input-shape"]) for n, r in replies.items()
+              if "input-shape" in r["stats"]}
+    if len(set(shapes.values())) > 1:
+        raise FederationError(f"clients' images differ in shape (channels x height x width: {_groups(shapes, replies)}"
+                              "): give every client images of one size and one mode (all RGB or all grayscale)")
+    return next(iter(shapes.values()), None)
+
+
+def _groups(values: dict[int, object], replies: dict[int, RecordDict]) -> str:
+    """'1x6x6: node 3 ('a'), node 5 ('b'); 3x6x6: node 4 ('c')': which nodes hold which value."""
+    groups: dict[object, list[str]] = {}
+    for node, value in sorted(values.items()):
+        groups.setdefault(value, []).append(f"node {node} ({str(replies[node]['info']['name'])!r})")
+    shown = ["x".join(map(str, v)) if isinstance(v, tuple) else f"list {i}" for i, v in enumerate(groups, 1)]
+    return "; ".join(f"{name}: {', '.join(who)}" for name, who in zip(shown, groups.values()))
 
 
 def query_losses(grid: Grid, clients: list[ClientInfo], arrays: ArrayRecord, width: float, timeout: float,

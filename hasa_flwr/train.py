@@ -29,6 +29,7 @@ class OrderedDropout:
     sizes: dict[str, int]          # full supernet sizes
     max_width: float
     scaler: bool = False
+    input_shape: tuple[int, ...] | None = None  # CNN: the data's (channels, height, width)
     _skeletons: dict[float, nn.Module] = field(default_factory=dict)
 
     def levels(self) -> list[float]:
@@ -39,8 +40,8 @@ class OrderedDropout:
         if p >= self.max_width:
             return model(x)
         if p not in self._skeletons:
-            self._skeletons[p] = build_model(self.model, self.num_classes, self.sizes, p,
-                                                 scaler=self.scaler).train()
+            self._skeletons[p] = build_model(self.model, self.num_classes, self.sizes, p, scaler=self.scaler,
+                                             input_shape=self.input_shape).train()
         # units are counted on the full sizes, positions laid out in the local model's sizes
         sliced = gather(dict(model.named_parameters()), model.slicing_spec(),
                         select_units("prefix", p, self.sizes), sub_sizes(self.max_width, self.sizes))

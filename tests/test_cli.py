@@ -91,3 +91,28 @@ def test_strategy_axes_can_be_combined():
     assert (s.allocation, s.extraction) == ("hasa", "rolling")
     s = settings_from_run_config({**defaults, "strategy": "fedrolex"})
     assert (s.allocation, s.extraction) == ("uniform", "rolling")
+
+
+def test_split_then_vocab_equals_the_vocabulary_round(tmp_path, capsys):
+    """`hasa split` + `hasa vocab` reproduce, offline, what the vocabulary round agrees on."""
+    from hasa_flwr.data import Source, load_federated, read_vocab
+
+    rows = ["title,publication"] + [f"How to build thing {i % 4} fast,Alpha" for i in range(12)]
+    rows += [f"Why data {i % 3} matters,Beta" for i in range(8)]
+    (tmp_path / "pooled.csv").write_text("\n".join(rows) + "\n")
+    assert main(["split", str(tmp_path / "pooled.csv"), "--client-column", "publication", "--out",
+                 str(tmp_path / "fed")]) == 0
+    assert sorted(p.name for p in (tmp_path / "fed").iterdir()) == ["Alpha.csv", "Beta.csv"]
+    assert main(["vocab", str(tmp_path / "fed"), "--out", str(tmp_path / "v.txt"), "--seed", "3"]) == 0
+    fed = load_federated(Source("text", data_path=str(tmp_path / "fed"), num_clients=2, seed=3))
+    assert read_vocab(tmp_path / "v.txt") == fed.vocab
+    # a non-empty output folder, and a missing client column, are one-line errors (exit 2)
+    capsys.readouterr()
+    assert main(["split", str(tmp_path / "pooled.csv"), "--client-column", "publication", "--out",
+                 str(tmp_path / "fed")]) == 2
+    assert main(["split", str(tmp_path / "pooled.csv"), "--client-column", "nope", "--out", str(tmp_path / "x")]) == 2
+    assert main(["vocab", str(tmp_path / "fed"), "--out", str(tmp_path / "w.txt"), "--min-count", "99"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 3 and all(line.startswith("hasa: error: ") for line in err)
+    assert "not empty" in err[0] and "no column 'nope'" in err[1] and "min-count 99" in err[2]
+    assert not (tmp_path / "w.txt").exists() and not (tmp_path / "x").exists()

@@ -10,6 +10,7 @@ import threading
 
 import pytest
 from conftest import ROOT, medium_csv
+from test_images import write_images
 
 from hasa_flwr.launch import flwr_env, flwr_run, read_preset
 
@@ -148,3 +149,21 @@ def test_ctrl_c_stops_the_run_on_the_superlink(superlink, tmp_path):
     assert run_id is not None, "".join(seen)[-3000:]
     assert proc.returncode != 0
     assert run_status(superlink, run_id) == "finished:stopped"
+
+
+def test_images_one_folder_per_client(superlink, tmp_path):
+    """Users' images, one imagefolder per client; the server builds the CNN for the 3x6x6 shape the
+    query round reports, and south, which has no fox, labels with the agreed class-names."""
+    root = tmp_path / "cameras"
+    write_images(root / "north", {"cat": 8, "dog": 6, "fox": 4})
+    write_images(root / "south", {"cat": 3, "dog": 9})
+    write_images(root / "west", {"cat": 5, "dog": 5, "fox": 5})
+    config = {"num-server-rounds": 2, "embed-dim": 4, "hidden-dim": 8, "dataset": "images", "data-path": str(root),
+              "num-clients": 3, "class-names": "cat,dog,fox"}
+    outcome, log = run(superlink, tmp_path, config, num_supernodes=3)
+    assert outcome.results is not None, log[-3000:]
+    res = check_results(outcome.results, num_clients=3)
+    clients = sorted(res["clients"], key=lambda c: c["partition_id"])
+    assert [(c["name"], c["n_train"] + c["n_test"]) for c in clients] == [("north", 18), ("west", 15), ("south", 12)]
+    assert res["config"]["dataset"] == "images" and res["config"]["class_names"] == "cat,dog,fox"
+    assert {"input_shape", "class_names_hash"} <= set(res["privacy"]["server_saw_per_client"])

@@ -144,11 +144,12 @@ C1, C2, CLASSES = 8, 12, 10
 
 
 def cnn_reference(full: WidthCNN, c1_idx: torch.Tensor, c2_idx: torch.Tensor) -> WidthCNN:
-    ref = WidthCNN(CLASSES, C1, C2)
+    channels, height, width = full.input_shape
+    ref = WidthCNN(CLASSES, C1, C2, in_channels=channels, image_size=(height, width))
     ref.load_state_dict(full.state_dict())
     drop1 = [j for j in range(C1) if j not in set(c1_idx.tolist())]
     drop2 = [j for j in range(C2) if j not in set(c2_idx.tolist())]
-    spatial = 16  # 8x8 image, one 2x2 max-pool -> 4x4 per channel, flattened channel-major
+    spatial = (height // 2) * (width // 2)  # one 2x2 max-pool per channel, flattened channel-major (8x8: 16)
     with torch.no_grad():
         conv1, bn1, conv2, bn2 = ref.features[0], ref.features[2], ref.features[4], ref.features[6]
         for t in (conv1.weight, conv1.bias, bn1.weight, bn1.bias):

@@ -101,7 +101,7 @@ def test_config_mismatch_is_an_error(tmp_path):
     out = tmp_path / "runs"
     run_fake(out, FakeRunner(), seeds=(0,))
     runner = FakeRunner()
-    with pytest.raises(SweepError, match=r"different config \(lr: recorded 0.005, now 0.1\).*new --out folder"):
+    with pytest.raises(SweepError, match=r"different config \(lr: recorded 0.02, now 0.1\).*new --out folder"):
         run_fake(out, runner, seeds=(0,), sets={"lr": 0.1})
     assert runner.calls == []
     # operational settings (timeouts) do not count as a different config

@@ -1,9 +1,11 @@
 """Which data a node holds, and the whole federation as every node would derive it.
 
-A device reads only its own data: in deployment its node config's ``data-path`` (one file); in
-simulation the partition ``partition-id`` of the run config's source (a folder with one file per
-client, one file with a ``client-column``, the synthetic titles or digits). Nothing here needs
-another client's data; the vocabulary is the federation's, agreed in the vocabulary round.
+A device reads only its own data: in deployment its node config's ``data-path`` (one file, or
+one image folder); in simulation the partition ``partition-id`` of the run config's source (a
+folder with one file or image folder per client, one file with a ``client-column``, one image
+folder split by Dirichlet label skew, the synthetic titles or digits). Nothing here needs
+another client's data; the vocabulary and the class names are the federation's (agreed in the
+vocabulary round, or given by ``class-names``).
 """
 
 from __future__ import annotations
@@ -14,15 +16,18 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
+import torch
+
 from .core import ClientData, DataError
 from .files import client_files, read_column, read_table, resolve_path
+from .imagefolder import client_folders, dirichlet_partitions, folder_layout, read_imagefolder, split_images
 from .images import digits_client
 from .synthetic import synthetic_titles
 from .text import TextSplit, build_vocab, encode_split, pool_counts, read_vocab, split_titles, usable_titles
 
-DATASETS = ("synthetic", "text", "digits")
+DATASETS = ("synthetic", "text", "digits", "images")
 TEXT_DATASETS = ("synthetic", "text")
-LOCAL = -1  # partition id of a device that holds its own file (deployment)
+LOCAL = -1  # partition id of a device that holds its own file or image folder (deployment)
 
 
 @dataclass(frozen=True)
@@ -40,6 +45,7 @@ class Source:
     min_count: int = 2
     vocab_path: str = ""
     dirichlet_alpha: float = 0.5
+    class_names: tuple[str, ...] = ()  # images: the federation's classes; () = the class folders a client sees
 
     @property
     def kind(self) -> str:
@@ -113,13 +119,62 @@ def text_split(src: Source, partition_id: int, node_path: str = "", node_name: s
     return split_titles(name, titles, src.test_fraction, src.seed)
 
 
-def node_image_data(src: Source, partition_id: int) -> ClientData:
+def node_image_data(src: Source, partition_id: int, node_path: str = "", node_name: str = "") -> ClientData:
+    """This node's images: a digits partition, or its own image folder (see ``images_client``)."""
     if src.dataset == "digits":
         if partition_id == LOCAL:
             raise DataError("digits is a built-in simulation data set: give each SuperNode partition-id and "
                             "num-partitions, not data-path")
         return digits_client(partition_id, src.num_clients, src.seed, src.test_fraction, src.dirichlet_alpha)
+    if src.dataset == "images":
+        return images_client(src, partition_id, node_path, node_name)
     raise DataError(f"unknown dataset {src.dataset!r}: choose one of {', '.join(DATASETS)}")
+
+
+@lru_cache(maxsize=8)
+def images_client(src: Source, partition_id: int, node_path: str = "", node_name: str = "") -> ClientData:
+    """This node's images, split by the run seed: its own imagefolder (a device's data-path, or a
+    client folder in simulation) or its Dirichlet share of one imagefolder (simulation)."""
+    if partition_id == LOCAL:
+        device = node_name or Path(node_path).name or "(unnamed)"
+        try:
+            folder = resolve_path(node_path, "this device's data-path")
+            if not folder.is_dir():
+                raise DataError(f"data-path {folder} is a file: point it at this device's image folder (one "
+                                "sub-folder per class)")
+            if folder_layout(folder) == "clients":
+                raise DataError(f"data-path {folder} holds one folder per client: point it at this device's own "
+                                "image folder (one sub-folder per class)")
+            return split_images(node_name or folder.name, str(folder), *read_imagefolder(folder, src.class_names),
+                                src.seed, src.test_fraction)
+        except DataError as err:
+            raise DataError(f"device {device!r}: {err}") from None
+    folder = resolve_path(src.data_path)
+    if not folder.is_dir():
+        raise DataError(f"data-path {folder} is a file: dataset 'images' reads a folder with one sub-folder per class, "
+                        "or one such folder per client")
+    if folder_layout(folder) == "clients":
+        own = client_folders(folder, src.num_clients)[partition_id]
+        return split_images(own.name, str(own), *read_imagefolder(own, src.class_names), src.seed, src.test_fraction)
+    x, y, classes = read_imagefolder(folder, src.class_names)
+    rows = torch.from_numpy(dirichlet_partitions(folder, src.class_names, src.num_clients,
+                                                 src.dirichlet_alpha)[partition_id])
+    return split_images(f"images-{partition_id}", f"{folder}, Dirichlet partition {partition_id}", x[rows], y[rows],
+                        classes, src.seed, src.test_fraction)
+
+
+def image_federation(clients: list[ClientData]) -> tuple[int, tuple[int, ...]]:
+    """(number of classes, (channels, height, width)) the image clients agree on; DataError if not."""
+    if len({c.classes for c in clients}) > 1:
+        seen = "; ".join(f"{c.name}: {', '.join(c.classes)}" for c in clients)
+        raise DataError(f"clients see different class folders ({seen}): set class-names to the federation's classes, "
+                        "comma-separated")
+    shapes = {tuple(c.x_train.shape[1:]) for c in clients}
+    if len(shapes) > 1:
+        seen = "; ".join(f"{c.name}: {'x'.join(map(str, c.x_train.shape[1:]))}" for c in clients)
+        raise DataError(f"clients' images differ in shape (channels x height x width: {seen}): give every client "
+                        "images of one size and one mode (all RGB or all grayscale)")
+    return len(clients[0].classes), shapes.pop()
 
 
 def client_order(dataset: str, keys: list[tuple[int, int, str]]) -> list[int]:
@@ -140,6 +195,7 @@ class FederatedData:
     num_classes: int  # text: vocabulary size including <pad> and <unk>
     clients: list[ClientData]  # index = client number
     vocab: list[str] | None
+    input_shape: tuple[int, ...] | None = None  # images: (channels, height, width), what the CNN is built for
 
 
 def federation_vocab(src: Source, splits: list[TextSplit]) -> list[str]:
@@ -157,12 +213,13 @@ def load_federated(src: Source) -> FederatedData:
         splits = [text_split(src, pid) for pid in range(src.num_clients)]
         vocab = federation_vocab(src, splits)
         clients = [encode_split(s, vocab, src.max_title_words) for s in splits]
-        num_classes = len(vocab)
+        num_classes, input_shape = len(vocab), None
     else:
-        clients, vocab, num_classes = [node_image_data(src, pid) for pid in range(src.num_clients)], None, 10
+        clients, vocab = [node_image_data(src, pid) for pid in range(src.num_clients)], None
+        num_classes, input_shape = image_federation(clients)
     names = [c.name for c in clients]
     if len(set(names)) != len(names):
         raise DataError(f"two clients share a name ({', '.join(sorted({n for n in names if names.count(n) > 1}))}): "
                         "client names must be unique")
     order = client_order(src.dataset, [(pid, c.n_train_rows, c.name) for pid, c in enumerate(clients)])
-    return FederatedData(src.kind, num_classes, [clients[i] for i in order], vocab)
+    return FederatedData(src.kind, num_classes, [clients[i] for i in order], vocab, input_shape)

@@ -24,6 +24,7 @@ class ClientData:
     y_train: torch.Tensor
     x_test: torch.Tensor
     y_test: torch.Tensor
+    classes: tuple[str, ...] = ()  # images: the federation's class names; a label indexes them
 
     @property
     def n_train(self) -> int:

@@ -1,7 +1,8 @@
 """The embedded synthetic titles: Medium-shaped clients whose need for width is known.
 
-Very unequal sizes (one "publication" each), own words plus shared function words, and
-first-order Markov grammars whose entropy is set by a complexity level independent of size.
+Very unequal sizes (one "publication" each), one shared word pool, and first-order Markov
+grammars that agree on each word's likely continuations but keep between 1 and 8 of them: the
+entropy is set by a complexity level independent of size.
 The corpus is fixed (never depends on the run seed), so only the split follows the seed.
 """
 
@@ -38,15 +39,19 @@ def _synthetic_levels(num_clients: int) -> np.ndarray:
     return ranks / (num_clients - 1)
 
 
-def _grammar_shape(level: float) -> tuple[int, int]:
-    """(own words, successors per word): both grow with complexity; level 0 is a template."""
-    return 20 + round(180 * level), 1 + round(7 * level)
+SHARED_WORDS = 200   # one word pool for every client: the vocabulary does not grow with the federation
+MAX_SUCCESSORS = 8
+
+
+def _successors(level: float) -> int:
+    """Successors per word in a client's grammar: 1 (a template) up to 8, set by its complexity."""
+    return 1 + round((MAX_SUCCESSORS - 1) * level)
 
 
 def synthetic_complexity(num_clients: int = 7) -> np.ndarray:
     """Distinct word transitions in each synthetic client's grammar: its known need for width."""
-    shapes = [_grammar_shape(level) for level in _synthetic_levels(num_clients)]
-    return np.array([(words + len(_FUNCTION_WORDS)) * succ for words, succ in shapes])
+    words = SHARED_WORDS + len(_FUNCTION_WORDS)
+    return np.array([words * _successors(level) for level in _synthetic_levels(num_clients)])
 
 
 SYNTHETIC_COMPLEXITY: dict[str, int] = dict(zip(_SYNTH_NAMES, synthetic_complexity(7).tolist()))
@@ -64,12 +69,21 @@ def _pseudo_words(rng: np.random.Generator, n: int, taken: set[str]) -> list[str
     return words
 
 
-def _markov_titles(rng: np.random.Generator, words: list[str], successors: int,
-                   n: int) -> list[str]:
-    """n titles of 4-10 words from a random first-order Markov chain over `words`."""
+def _shared_grammar(rng: np.random.Generator, states: int) -> tuple[np.ndarray, np.ndarray]:
+    """Every word's candidate successors and their probabilities, most likely first. Clients keep
+    a prefix of each list, so they agree on the likely continuations and differ in how many."""
+    succ = np.stack([rng.choice(states, size=MAX_SUCCESSORS, replace=False) for _ in range(states)])
+    probs = -np.sort(-rng.dirichlet(np.ones(MAX_SUCCESSORS), size=states), axis=1)
+    return succ, probs
+
+
+def _markov_titles(rng: np.random.Generator, words: list[str], grammar: tuple[np.ndarray, np.ndarray],
+                   successors: int, n: int) -> list[str]:
+    """n titles of 4-10 words from the shared chain cut to ``successors`` continuations per word."""
+    succ, probs = grammar
     states = len(words)
-    succ = np.stack([rng.choice(states, size=successors, replace=False) for _ in range(states)])
-    cum = np.cumsum(rng.dirichlet(np.ones(successors), size=states), axis=1)
+    kept = probs[:, :successors] / probs[:, :successors].sum(1, keepdims=True)
+    cum = np.cumsum(kept, axis=1)
     lengths = rng.integers(4, 11, size=n)
     walk = np.empty((n, 10), dtype=np.int64)
     starts = rng.choice(states, size=2 + 2 * successors, replace=False)  # few openings if simple
@@ -88,11 +102,10 @@ def synthetic_titles(num_clients: int) -> tuple[tuple[str, tuple[str, ...]], ...
         raise DataError(f"synthetic data needs num-clients >= 2, got {num_clients}: "
                         "set num-clients to 2 or more (7 mirrors Medium)")
     rng = np.random.default_rng(SYNTHETIC_SEED)
-    taken = set(_FUNCTION_WORDS)
+    words = _pseudo_words(rng, SHARED_WORDS, set(_FUNCTION_WORDS)) + list(_FUNCTION_WORDS)
+    grammar = _shared_grammar(rng, len(words))
     parts = []
     for c, (size, level) in enumerate(zip(_synthetic_sizes(num_clients), _synthetic_levels(num_clients))):
-        own, successors = _grammar_shape(level)
-        words = _pseudo_words(rng, own, taken) + list(_FUNCTION_WORDS)
         name = _SYNTH_NAMES[c] if c < len(_SYNTH_NAMES) else f"Synthetic Publication {c}"
-        parts.append((name, tuple(_markov_titles(rng, words, successors, size))))
+        parts.append((name, tuple(_markov_titles(rng, words, grammar, _successors(level), size))))
     return tuple(parts)

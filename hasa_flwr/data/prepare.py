@@ -1,0 +1,83 @@
+"""Preparing users' files before a federation: one file per client, and a shared vocabulary file.
+
+`hasa split` turns one pooled file into the per-device files a deployment needs; `hasa vocab`
+writes the vocabulary file that every party reads under `vocab-path` (no vocabulary round, so the
+server learns no client's word counts).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+from .clients import LOCAL, Source, federation_vocab, text_split
+from .core import DataError
+from .files import SUFFIXES, client_files, read_table, resolve_path
+from .text import PAD, UNK
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def split_by_column(path: str | Path, client_column: str, out: str | Path) -> list[Path]:
+    """One CSV per distinct value of ``client_column`` (rows in file order, every column kept)."""
+    src = resolve_path(str(path))
+    table = read_table(src)
+    if client_column not in table.column_names:
+        raise DataError(f"{src} has no column {client_column!r} (columns: {', '.join(table.column_names)}): "
+                        "pass --client-column")
+    frame = table.to_pandas()
+    values = [v for v in dict.fromkeys(frame[client_column]) if str(v or "").strip()]
+    bad = [v for v in values if "/" in str(v) or str(v).startswith(".")]
+    if bad:
+        raise DataError(f"client name(s) {bad} cannot be file names: rename them in column {client_column!r}")
+    out = Path(out)
+    if out.exists() and any(out.iterdir()):
+        raise DataError(f"{out} is not empty: choose a new folder for the per-client files")
+    written = []
+    with tempfile.TemporaryDirectory(dir=out.parent if out.parent.exists() else None) as tmp:
+        for value in values:
+            frame[frame[client_column] == value].to_csv(Path(tmp) / f"{value}.csv", index=False)
+        out.mkdir(parents=True, exist_ok=True)
+        for value in values:
+            os.replace(Path(tmp) / f"{value}.csv", out / f"{value}.csv")
+            written.append(out / f"{value}.csv")
+    return written
+
+
+def vocab_from_files(paths: list[str], *, text_column: str = "title", min_count: int = 2, seed: int = 0,
+                     test_fraction: float = 0.2, max_title_words: int = 24) -> list[str]:
+    """The vocabulary round's result, computed where the files are: pooled training-split counts.
+
+    Each file (or each file of a folder) is one client, split by ``seed`` exactly as in a run, so
+    the file equals the vocabulary a run with that seed would agree on."""
+    files: list[Path] = []
+    for p in paths:
+        path = resolve_path(p)
+        files += client_files(path) if path.is_dir() else [path]
+    for f in files:
+        if f.suffix.lower() not in SUFFIXES:
+            raise DataError(f"{f}: unknown file type {f.suffix or '(none)'}; use {', '.join(SUFFIXES)}")
+    src = Source("text", text_column=text_column, seed=seed, test_fraction=test_fraction,
+                 max_title_words=max_title_words, min_count=min_count)
+    splits = [text_split(src, LOCAL, str(f), f.stem) for f in files]
+    vocab = federation_vocab(src, splits)
+    if len(vocab) <= 2:
+        raise DataError(f"no word reaches min-count {min_count} in {len(files)} file(s): lower --min-count")
+    return vocab
+
+
+def write_vocab(vocab: list[str], out: str | Path) -> Path:
+    words = [w for w in vocab if w not in (PAD, UNK)]
+    _write_atomic(Path(out), "\n".join(words) + "\n")
+    return Path(out)
