@@ -1,11 +1,14 @@
-"""Flower ServerApp: vocabulary round -> query round -> allocation -> HASA rounds -> results.json."""
+"""Flower ServerApp: vocabulary round -> query round -> allocation -> HASA rounds -> models -> results.json."""
 
+import json
 from logging import ERROR, INFO
 
 import numpy as np
+import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context
 from flwr.common import log
 from flwr.serverapp import Grid, ServerApp
+from flwr.superlink.grid.inmemory_grid import InMemoryGrid  # the simulation engine's grid
 
 from hasa_flwr.allocation import Allocation, allocate
 from hasa_flwr.config import Settings, settings_from_run_config
@@ -13,8 +16,9 @@ from hasa_flwr.data import DataError, vocab_hash
 from hasa_flwr.models import mac_cost
 from hasa_flwr.results import build_results, format_table, results_path, write_json_atomic
 from hasa_flwr.scores import scores_from_counts
-from hasa_flwr.strategy import (ClientInfo, FederationError, HasaStrategy, agree_vocabulary, query_losses, query_stats,
-                                wait_for_nodes)
+from hasa_flwr.run_models import CLIENTS, init_from, meta_for, prefix_state, save_run_models
+from hasa_flwr.strategy import (ClientInfo, FederationError, HasaStrategy, agree_vocabulary, deliver_subnets,
+                                query_losses, query_stats, wait_for_nodes)
 
 app = ServerApp()
 
@@ -40,19 +44,49 @@ def run(grid: Grid, context: Context) -> None:
     clients, num_classes, input_shape = query_stats(grid, nodes, settings.num_clients, settings.dataset,
                                                     settings.round_timeout, vocab, send_words=vocab_source == "round")
     config = ConfigRecord({"vocab-hash": vocab_hash(vocab)} if vocab else {})
-    model = settings.initial_model(num_classes, input_shape)
+    model = initial_supernet(settings, num_classes, input_shape, vocab)
     initial = ArrayRecord(model.state_dict())
     allocation = allocation_round(grid, settings, clients, model, initial, config)
 
     strategy = HasaStrategy(clients, model.slicing_spec(), settings.sizes, extraction=settings.extraction,
                             aggregation=settings.aggregation, seed=settings.seed, num_rounds=settings.num_rounds)
-    strategy.start(grid, initial, num_rounds=settings.num_rounds, timeout=settings.round_timeout,
-                   train_config=config, evaluate_config=config)
+    result = strategy.start(grid, initial, num_rounds=settings.num_rounds, timeout=settings.round_timeout,
+                            train_config=config, evaluate_config=config)
 
+    path = results_path(settings.results_dir, context.run_id)
+    final = result.arrays.to_torch_state_dict()
+    roster = [{"name": c.name, "partition_id": c.partition_id, "width": c.width, "cap": c.cap} for c in clients]
     results = build_results(settings, clients, allocation, strategy.history, strategy.rejected, run_id=context.run_id,
                             vocab=vocab, vocab_source=vocab_source)
-    path = write_json_atomic(results_path(settings.results_dir, context.run_id), results)
+    if settings.save_model:
+        models = save_run_models(path.parent, settings, final, model.slicing_spec(), num_classes=num_classes,
+                                 input_shape=input_shape, vocab=vocab, clients=roster, run_id=context.run_id)
+        results["model"] = {"supernet": str(models), "clients": str(path.parent / CLIENTS)}
+    results.setdefault("model", {})["delivered"] = delivery_round(grid, settings, clients, final, model, num_classes,
+                                                                  input_shape, vocab, roster, context.run_id)
+    write_json_atomic(path, results)  # last: a results.json means the run and its models are complete
     log(INFO, "\n%s\nresults: %s", format_table(results), path)
+
+
+def initial_supernet(settings: Settings, num_classes: int, input_shape, vocab) -> torch.nn.Module:
+    """This seed's fresh supernet, or the saved one ``init-from`` names (checked against this run)."""
+    model = settings.initial_model(num_classes, input_shape)
+    if settings.init_from:
+        model.load_state_dict(init_from(settings, num_classes, input_shape, vocab).state)
+    return model
+
+
+def delivery_round(grid: Grid, settings: Settings, clients: list[ClientInfo], final: dict, model, num_classes: int,
+                   input_shape, vocab, roster: list[dict], run_id: int) -> dict[str, str] | None:
+    """Deployment only: each device stores its own subnet. In simulation the devices are this
+    machine, and the subnets are already under the run folder's clients/."""
+    if isinstance(grid, InMemoryGrid):
+        return None
+    subnets = {c.node_id: (ArrayRecord(prefix_state(final, model.slicing_spec(), settings.sizes, c.width)),
+                           json.dumps(meta_for(settings, num_classes=num_classes, input_shape=input_shape, vocab=vocab,
+                                               clients=roster, run_id=run_id, width=c.width, client=c.name)))
+               for c in clients}
+    return deliver_subnets(grid, clients, subnets, run_id, settings.round_timeout)
 
 
 def vocabulary_round(grid: Grid, nodes: list[int], settings: Settings) -> tuple[list[str] | None, str | None]:
@@ -69,7 +103,8 @@ def allocation_round(grid: Grid, settings: Settings, clients: list[ClientInfo], 
                      config: ConfigRecord) -> Allocation:
     """Scores (from the query round, or a loss query) -> widths under the budget; stored on ``clients``."""
     if settings.score == "loss":
-        scores = query_losses(grid, clients, initial, settings.budget, settings.round_timeout, config)
+        scores = query_losses(grid, clients, initial, settings.budget, settings.round_timeout, model.slicing_spec(),
+                              settings.sizes, config)
     elif settings.score == "given":
         scores = np.array([settings.score_values[c.partition_id] for c in clients])
     else:

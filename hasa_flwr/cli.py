@@ -133,6 +133,74 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from .export import ExportMismatch, export_model
+
+    try:
+        report = export_model(args.path, args.out, fmt=args.format, client=args.client, width=args.width)
+    except ExportMismatch as err:  # the file was not written: exit 1 like a failed run, not a usage error
+        print(f"hasa: error: {err}", file=sys.stderr)
+        return 1
+    print("\n".join(report.lines()))
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from .predict import predict_lines
+
+    print("\n".join(predict_lines(args.path, args.input, client=args.client, width=args.width)))
+    return 0
+
+
+def cmd_bench_widths(args: argparse.Namespace) -> int:
+    from .widths_bench import DEFAULT_WIDTHS, bench_widths, markdown, parse_widths, write_bench
+
+    widths = parse_widths(args.widths) if args.widths else list(DEFAULT_WIDTHS)
+    result = bench_widths(args.run_dir, widths, repeats=args.repeats, warmup=args.warmup)
+    paths = write_bench(result, args.out or args.run_dir)
+    print(markdown(result))
+    print("wrote " + ", ".join(str(p) for p in paths))
+    return 0
+
+
+def add_model_commands(sub, bsub) -> None:
+    """export, predict and bench widths: using a finished run's saved models."""
+    def choose_model(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--client", metavar="NAME", help="a client's own subnet (default: the run's supernet)")
+        p.add_argument("--width", type=float, metavar="W", help="the width-W prefix of the supernet, 0 < W <= 1")
+
+    ex = sub.add_parser("export", help="a client's subnet or a supernet prefix as ONNX or torch.export, checked "
+                        "against PyTorch on the run's test data",
+                        description="Writes FILE only if ONNX Runtime (or the reloaded .pt2) matches PyTorch to "
+                                    "1e-4 on the run's real test inputs; the model's metadata (vocabulary, class "
+                                    "names) is stored inside the file.")
+    ex.add_argument("path", metavar="RUN_DIR", help="a finished run's folder (or a saved model folder)")
+    choose_model(ex)
+    ex.add_argument("--format", choices=("onnx", "pt2"), default="onnx", help="onnx (default) or pt2 (torch.export)")
+    ex.add_argument("--out", required=True, metavar="FILE", help="the file to write, e.g. device.onnx")
+    ex.set_defaults(func=cmd_export)
+
+    pr = sub.add_parser("predict", help="top-5 next words of a title start, or top-3 classes of an image",
+                        description="Runs a run folder or model folder with PyTorch, an .onnx file with ONNX Runtime "
+                                    "or a .pt2 file with torch.export. Text is cleaned like the titles and the word "
+                                    "after its last word is predicted; an image must have the model's size and is "
+                                    "scaled to [0, 1] by /255 (digits: an 8x8 grayscale PNG, digit values 0-16 "
+                                    "scaled to 0-255).")
+    pr.add_argument("path", metavar="FILE_OR_RUN_DIR", help="a run folder, a model folder, or an exported .onnx/.pt2")
+    pr.add_argument("input", nargs="+", metavar="TEXT|IMAGE", help="the start of a title, or an image file")
+    choose_model(pr)
+    pr.set_defaults(func=cmd_predict)
+
+    wi = bsub.add_parser("widths", help="parameters, MACs, ONNX size, latency and accuracy of each prefix width",
+                         description="Writes widths.json, widths.md and widths.png (default: into RUN_DIR).")
+    wi.add_argument("run_dir", metavar="RUN_DIR", help="a finished run's folder (its supernet is sliced)")
+    wi.add_argument("--widths", metavar="W,W,...", help="widths in (0, 1] (default: 0.2,0.4,0.6,0.8,1.0)")
+    wi.add_argument("--out", metavar="DIR", help="where to write the three files (default: RUN_DIR)")
+    wi.add_argument("--repeats", type=int, default=200, help="timed batch-1 runs per width (default 200)")
+    wi.add_argument("--warmup", type=int, default=20, help="untimed runs before them (default 20)")
+    wi.set_defaults(func=cmd_bench_widths)
+
+
 def add_run_options(p: argparse.ArgumentParser, default_seeds: str) -> None:
     p.add_argument("--preset", metavar="FILE.toml", help="run-config preset, e.g. conf/medium.toml "
                    "(default: the app's pyproject defaults)")
@@ -270,6 +338,7 @@ def build_parser() -> argparse.ArgumentParser:
     ov.add_argument("--keep", metavar="DIR", help="keep the flwr log, results.json and overhead.json here")
     ov.add_argument("--app", default=".", help="the hasa-flwr app folder (default: .)")
     ov.set_defaults(func=cmd_bench)
+    add_model_commands(sub, bsub)
     return parser
 
 

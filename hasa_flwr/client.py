@@ -9,12 +9,17 @@ else; the built-in data sets and simulations name a partition instead (`partitio
 
 from __future__ import annotations
 
+import json
+import os
+from pathlib import Path
+
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 
 from .config import Settings, settings_from_run_config
 from .data import LOCAL, ClientData, DataError, encode_split, node_image_data, read_vocab, text_split, vocab_hash
 from .data.files import resolve_path
+from .model_files import save_model
 from .train import OrderedDropout, evaluate, train
 
 VOCAB_STATE = "hasa.vocab"  # context.state key: the agreed vocabulary persists per node across messages
@@ -80,10 +85,14 @@ def load_model(settings: Settings, num_classes: int, arrays: ArrayRecord, width:
     return model
 
 
-def prefix_model(settings: Settings, num_classes: int, arrays: ArrayRecord, width: float,
-                 shape: tuple[int, ...] | None = None) -> torch.nn.Module:
-    """The deployable width-``width`` prefix of a full supernet."""
-    return settings.prefix_of(load_model(settings, num_classes, arrays, 1.0, shape), num_classes, width)
+def checked_width(context: Context, width: float) -> float:
+    """A device never builds a model wider than its own cap: a misconfigured server gets an error
+    that names the cap, not an out-of-memory device."""
+    cap = float(context.node_config.get("max-width", 1.0))
+    if width > cap + 1e-9:
+        raise ValueError(f"this device's max-width is {cap:g} but the server sent a width-{width:g} model: the device "
+                         "refuses it; check the server's allocation and the device's max-width")
+    return width
 
 
 def query_vocab(msg: Message, context: Context) -> Message:
@@ -130,6 +139,9 @@ def query_stats(msg: Message, context: Context) -> Message:
 def _data_for(msg: Message, context: Context) -> tuple[Settings, ClientData, int]:
     settings = settings_from_run_config(context.run_config)
     cfg = msg.content["config"]
+    checked_width(context, float(cfg["width"]))
+    if bool(cfg.get("full-width", False)):
+        checked_width(context, 1.0)
     expected = str(cfg["vocab-hash"]) if "vocab-hash" in cfg else None
     data, num_classes = client_data(settings, context, expected)
     return settings, data, num_classes
@@ -137,8 +149,8 @@ def _data_for(msg: Message, context: Context) -> tuple[Settings, ClientData, int
 
 def query_loss(msg: Message, context: Context) -> Message:
     settings, data, num_classes = _data_for(msg, context)
-    model = prefix_model(settings, num_classes, msg.content["arrays"], float(msg.content["config"]["width"]),
-                         input_shape(settings, data))
+    model = load_model(settings, num_classes, msg.content["arrays"], float(msg.content["config"]["width"]),
+                       input_shape(settings, data))
     loss = evaluate(model, data.x_train, data.y_train)["loss"]
     return Message(RecordDict({"metrics": MetricRecord({"loss": loss})}), reply_to=msg)
 
@@ -162,12 +174,31 @@ def train_subnet(msg: Message, context: Context) -> Message:
 def evaluate_subnet(msg: Message, context: Context) -> Message:
     settings, data, num_classes = _data_for(msg, context)
     cfg = msg.content["config"]
-    arrays, shape = msg.content["arrays"], input_shape(settings, data)
-    result = evaluate(prefix_model(settings, num_classes, arrays, float(cfg["width"]), shape), data.x_test,
-                      data.y_test)
+    shape = input_shape(settings, data)  # the server sent only this client's width-w prefix
+    result = evaluate(load_model(settings, num_classes, msg.content["arrays"], float(cfg["width"]), shape),
+                      data.x_test, data.y_test)
     metrics = {"num-examples": data.n_test, "accuracy": result["accuracy"], "top3": result["top3"],
                "loss": result["loss"], "majority": data.majority_accuracy()}
     if bool(cfg["full-width"]):
-        metrics["full-width-accuracy"] = evaluate(load_model(settings, num_classes, arrays, 1.0, shape),
+        metrics["full-width-accuracy"] = evaluate(load_model(settings, num_classes, msg.content["full"], 1.0, shape),
                                                   data.x_test, data.y_test)["accuracy"]
     return Message(RecordDict({"metrics": MetricRecord(metrics)}), reply_to=msg)
+
+
+def default_model_dir() -> Path:
+    """Where a device keeps its subnets unless its node config says ``model-dir``."""
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "hasa-flwr" / "models"
+
+
+def store_subnet(msg: Message, context: Context) -> Message:
+    """After the last round: keep this device's own subnet, so it can predict with no server."""
+    cfg = msg.content["config"]
+    width = checked_width(context, float(cfg["width"]))
+    meta = json.loads(str(cfg["meta"]))
+    if abs(float(meta["width"]) - width) > 1e-12:
+        raise ValueError(f"the subnet's metadata says width {meta['width']} but the message width {width}")
+    root = Path(str(context.node_config.get("model-dir", ""))).expanduser() if context.node_config.get("model-dir") \
+        else default_model_dir()
+    folder = save_model(root / f"run-{int(cfg['run-id'])}", msg.content["arrays"].to_torch_state_dict(), meta)
+    return Message(RecordDict({"info": ConfigRecord({"path": str(folder)})}), reply_to=msg)

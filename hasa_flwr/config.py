@@ -72,6 +72,8 @@ class Settings:
     client_column: str = ""
     max_title_words: int = 24
     vocab_path: str = ""
+    save_model: bool = True            # the supernet and every client's subnet next to results.json
+    init_from: str = ""                # a saved supernet (model folder or run folder) to start from
     class_names: str = ""              # images: "cat,dog,..." (label = index); "" = each client's class folders
 
     @property
@@ -235,4 +237,6 @@ def settings_from_run_config(rc: dict[str, Any]) -> Settings:
         max_title_words=at_least("max-title-words", int(rc["max-title-words"]), 2),
         vocab_path=str(rc["vocab-path"]),
         class_names=parse_class_names(str(rc["dataset"]), rc["class-names"]),
+        init_from=str(rc["init-from"]),
+        save_model=bool(rc["save-model"]),
     )

@@ -172,12 +172,38 @@ def _groups(values: dict[int, object], replies: dict[int, RecordDict]) -> str:
     return "; ".join(f"{name}: {', '.join(who)}" for name, who in zip(shown, groups.values()))
 
 
+def full_width_allowed(c: ClientInfo) -> bool:
+    """The full-width accuracy is measured only where the device's own cap allows width 1."""
+    return c.node_cap is None or c.node_cap >= 1.0
+
+
 def query_losses(grid: Grid, clients: list[ClientInfo], arrays: ArrayRecord, width: float, timeout: float,
-                 config: ConfigRecord | None = None) -> np.ndarray:
+                 spec: Spec, sizes: dict[str, int], config: ConfigRecord | None = None) -> np.ndarray:
     """Mean training loss of the initial supernet's width-``width`` prefix on every client (score=loss)."""
-    content = RecordDict({"arrays": arrays, "config": ConfigRecord({**dict(config or {}), "width": width})})
+    prefix = ArrayRecord(extract(arrays.to_torch_state_dict(), spec, select_units("prefix", width, sizes), sizes))
+    content = RecordDict({"arrays": prefix, "config": ConfigRecord({**dict(config or {}), "width": width})})
     replies = ask(grid, {c.node_id: content for c in clients}, "query.loss", timeout)
     return np.array([float(replies[c.node_id]["metrics"]["loss"]) for c in clients])
+
+
+def deliver_subnets(grid: Grid, clients: list[ClientInfo], subnets: dict[int, tuple[ArrayRecord, str]],
+                    run_id: int, timeout: float) -> dict[str, str]:
+    """Deployment: each device receives its own final subnet (never wider than its width) and its
+    metadata, and stores them under its node config ``model-dir``. Returns name -> stored path, or
+    the reason a device did not store it (the run's results do not depend on it)."""
+    messages = {c.node_id: Message(RecordDict({"arrays": subnets[c.node_id][0], "config": ConfigRecord(
+                    {"width": c.width, "meta": subnets[c.node_id][1], "run-id": run_id})}),
+                    dst_node_id=c.node_id, message_type="query.subnet") for c in clients}
+    node_of = {m.metadata.message_id: n for n, m in messages.items()}
+    got = {}
+    for reply in grid.send_and_receive(list(messages.values()), timeout=timeout):
+        node = node_of.get(reply.metadata.reply_to_message_id, reply.metadata.src_node_id)
+        got[node] = (f"not stored: {reply.error.reason.strip().splitlines()[-1][:300]}" if reply.has_error()
+                     else str(reply.content["info"]["path"]))
+    stored = {c.name: got.get(c.node_id, "not stored: no reply") for c in clients}
+    for name, where in stored.items():
+        log(INFO if not where.startswith("not stored") else WARNING, "subnet of %s: %s", name, where)
+    return stored
 
 
 class HasaStrategy(Strategy):
@@ -279,11 +305,22 @@ class HasaStrategy(Strategy):
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                            grid: Grid) -> Iterable[Message]:
+        """Each client gets only its own width-w_i prefix (what it would deploy); after the last round
+        also the full supernet, but only a client whose cap allows width 1 (no device builds a model
+        above its cap)."""
         final = server_round == self.num_rounds
         self.phase = "evaluate"
-        self.outbox = [(node, Message(RecordDict({"arrays": arrays, "config": ConfigRecord(
-                            {**dict(config), "server-round": server_round, "width": c.width, "full-width": final})}),
-                            dst_node_id=node, message_type="evaluate")) for node, c in self.clients.items()]
+        state = arrays.to_torch_state_dict()
+        self.outbox = []
+        for node, c in self.clients.items():
+            content = {"arrays": ArrayRecord(extract(state, self.spec, select_units("prefix", c.width, self.sizes),
+                                                     self.sizes))}
+            full = final and full_width_allowed(c)
+            if full:
+                content["full"] = arrays
+            cfg = ConfigRecord({**dict(config), "server-round": server_round, "width": c.width, "full-width": full})
+            self.outbox.append((node, Message(RecordDict({**content, "config": cfg}), dst_node_id=node,
+                                              message_type="evaluate")))
         return [m for _, m in self.outbox]
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:

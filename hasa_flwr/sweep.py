@@ -31,7 +31,7 @@ from .launch import RUN_ID, RunOutcome, app_defaults, flwr_run, merge_config, pr
 
 # Settings fields that do not change what a run computes: ignored when checking a finished run.
 LABEL = re.compile(r"[A-Za-z0-9._-]+")
-OPERATIONAL = ("results_dir", "data_path", "wait_seconds", "round_timeout")
+OPERATIONAL = ("results_dir", "data_path", "wait_seconds", "round_timeout", "save_model")
 ROUND_LINE = re.compile(r"round (\d+): mean accuracy ([0-9.]+)")
 
 
@@ -364,7 +364,7 @@ def run_jobs(out: Path, base: dict[str, Any], jobs: list[Job], runner: Runner, *
             tmp = run_dir / ".flwr-results"
             shutil.rmtree(tmp, ignore_errors=True)
             run_dir.mkdir(parents=True, exist_ok=True)
-            config = {**configs[job.key], "results-dir": str(tmp)}
+            config = {**configs[job.key], "results-dir": str(tmp), "save-model": False}  # keep sweeps small
             settings = settings_from_run_config(config)
             if bar is not None:
                 bar.set_postfix_str(f"{job.key} starting")

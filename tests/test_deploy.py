@@ -177,8 +177,8 @@ def test_deploy_tls_local_files_and_bad_devices(tmp_path):
     with one line that names the device, and write no results.json."""
     files = write_device_files(tmp_path / "devices")
     names = ("startup", "science", "humans")
-    configs = [{"data-path": str(p), "client-name": n, "max-width": cap, "threads": 1}
-               for p, n, cap in zip(files, names, CAPS)]
+    configs = [{"data-path": str(p), "client-name": n, "max-width": cap, "threads": 1,
+                "model-dir": str(p.parent / "models")} for p, n, cap in zip(files, names, CAPS)]
     run_config = {**RUN, "dataset": "text", "data-path": "", "min-count": 1}
     with deployment(configs, tls=True, node_dirs=[p.parent for p in files]) as dep:
         marker = dep.marker
@@ -196,6 +196,16 @@ def test_deploy_tls_local_files_and_bad_devices(tmp_path):
         assert res["vocabulary"]["source"] == "round" and res["vocabulary"]["size"] > 100
         assert "word_counts" in res["privacy"]["server_saw_per_client"]
         assert [h["round"] for h in res["history"]] == [1, 2] and res["rejected_updates"] == []
+        # each device stored its own final subnet (no wider than its width, so never above its cap)
+        from hasa_flwr.model_files import load_model
+
+        for c, path in zip(clients, files):
+            stored = path.parent / "models" / f"run-{res['run_id']}"
+            assert res["model"]["delivered"][c["name"]] == str(stored)
+            sub = load_model(stored)
+            assert sub.width == pytest.approx(c["width"]) and sub.meta["client"] == c["name"]
+            assert sub.meta["vocab"] and sub.meta["run_id"] == res["run_id"]
+            assert c["full_width_accuracy"] is None  # a device with a cap < 1 never gets the full supernet
 
     assert_all_stopped(marker)
 

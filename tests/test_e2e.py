@@ -94,6 +94,35 @@ def test_medium_local_files_equal_the_pooled_file(superlink, tmp_path):
     assert "word_counts" in a["privacy"]["server_saw_per_client"]
 
 
+def test_run_saves_its_models_and_init_from_checks_them(superlink, tmp_path):
+    """The supernet and each client's subnet are saved next to results.json; the subnets give back
+    exactly the accuracies the run reported; init-from with other model sizes stops in one line."""
+    import torch
+
+    from hasa_flwr.config import Settings
+    from hasa_flwr.model_files import load_model
+    from hasa_flwr.train import evaluate
+
+    outcome, log = run(superlink, tmp_path / "a", SMALL)
+    assert outcome.results is not None, log[-3000:]
+    res = json.loads(outcome.results.read_text())
+    run_dir = outcome.results.parent
+    supernet = load_model(run_dir)
+    assert supernet.width == 1.0 and supernet.meta["vocab"][:2] == ["<pad>", "<unk>"]
+    assert supernet.meta["model"]["sizes"] == {"embed": 16, "hidden": 32}
+    settings = Settings.from_dict(res["config"])
+    fed = settings.load_data()
+    for row, data in zip(res["clients"], fed.clients):
+        sub = load_model(run_dir, client=row["name"])
+        assert sub.width == row["width"] and sub.meta["client"] == row["name"]
+        assert data.name == row["name"]
+        assert evaluate(sub.build(), data.x_test, data.y_test)["accuracy"] == row["accuracy"]
+        same = supernet.build(row["width"]).state_dict()  # the subnet is the supernet's prefix, bit for bit
+        assert all(torch.equal(v, same[k]) for k, v in sub.state.items())
+    bad, log = run(superlink, tmp_path / "b", {**SMALL, "hidden-dim": 48, "init-from": str(run_dir)})
+    assert bad.results is None and "init-from" in bad.error and "does not fit this run" in bad.error, log[-3000:]
+
+
 def test_fewer_nodes_than_clients_stops_with_advice(superlink, tmp_path):
     outcome, log = run(superlink, tmp_path, {**SMALL, "wait-seconds": 5.0}, num_supernodes=3)
     assert outcome.results is None
