@@ -49,7 +49,8 @@ def run(grid: Grid, context: Context) -> None:
     allocation = allocation_round(grid, settings, clients, model, initial, config)
 
     strategy = HasaStrategy(clients, model.slicing_spec(), settings.sizes, extraction=settings.extraction,
-                            aggregation=settings.aggregation, seed=settings.seed, num_rounds=settings.num_rounds)
+                            aggregation=settings.aggregation, seed=settings.seed, num_rounds=settings.num_rounds,
+                            fused=settings.fused_evaluation)
     result = strategy.start(grid, initial, num_rounds=settings.num_rounds, timeout=settings.round_timeout,
                             train_config=config, evaluate_config=config)
 
@@ -58,6 +59,7 @@ def run(grid: Grid, context: Context) -> None:
     roster = [{"name": c.name, "partition_id": c.partition_id, "width": c.width, "cap": c.cap} for c in clients]
     results = build_results(settings, clients, allocation, strategy.history, strategy.rejected, run_id=context.run_id,
                             vocab=vocab, vocab_source=vocab_source)
+    results["exchanges"] = strategy.exchanges
     if settings.save_model:
         models = save_run_models(path.parent, settings, final, model.slicing_spec(), num_classes=num_classes,
                                  input_shape=input_shape, vocab=vocab, clients=roster, run_id=context.run_id)

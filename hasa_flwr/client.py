@@ -160,6 +160,9 @@ def train_subnet(msg: Message, context: Context) -> Message:
     cfg = msg.content["config"]
     width, shape = float(cfg["width"]), input_shape(settings, data)
     model = load_model(settings, num_classes, msg.content["arrays"], width, shape)
+    evaluated = {}
+    if bool(cfg.get("evaluate-first", False)):  # one exchange per round: last round's model, as received
+        evaluated = {f"eval-{k}": v for k, v in test_metrics(model, data).items()}
     ordered = None
     if bool(cfg["ordered"]):
         ordered = OrderedDropout(settings.model, num_classes, settings.sizes, width, scaler=settings.scaler,
@@ -167,18 +170,22 @@ def train_subnet(msg: Message, context: Context) -> Message:
     loss = train(model, data.x_train, data.y_train, epochs=settings.local_epochs, batch_size=settings.batch_size,
                  lr=settings.lr, optimizer=settings.optimizer, momentum=settings.momentum,
                  seed=int(cfg["train-seed"]), ordered=ordered)
-    metrics = MetricRecord({"num-examples": data.n_train, "train-loss": loss})
+    metrics = MetricRecord({"num-examples": data.n_train, "train-loss": loss, **evaluated})
     return Message(RecordDict({"arrays": ArrayRecord(model.state_dict()), "metrics": metrics}), reply_to=msg)
+
+
+def test_metrics(model: torch.nn.Module, data: ClientData) -> dict[str, float]:
+    """What the server records per client and round: the model's accuracy on this client's test split."""
+    result = evaluate(model, data.x_test, data.y_test)
+    return {"num-examples": data.n_test, "accuracy": result["accuracy"], "top3": result["top3"],
+            "loss": result["loss"], "majority": data.majority_accuracy()}
 
 
 def evaluate_subnet(msg: Message, context: Context) -> Message:
     settings, data, num_classes = _data_for(msg, context)
     cfg = msg.content["config"]
     shape = input_shape(settings, data)  # the server sent only this client's width-w prefix
-    result = evaluate(load_model(settings, num_classes, msg.content["arrays"], float(cfg["width"]), shape),
-                      data.x_test, data.y_test)
-    metrics = {"num-examples": data.n_test, "accuracy": result["accuracy"], "top3": result["top3"],
-               "loss": result["loss"], "majority": data.majority_accuracy()}
+    metrics = test_metrics(load_model(settings, num_classes, msg.content["arrays"], float(cfg["width"]), shape), data)
     if bool(cfg["full-width"]):
         metrics["full-width-accuracy"] = evaluate(load_model(settings, num_classes, msg.content["full"], 1.0, shape),
                                                   data.x_test, data.y_test)["accuracy"]

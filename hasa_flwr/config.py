@@ -72,6 +72,7 @@ class Settings:
     client_column: str = ""
     max_title_words: int = 24
     vocab_path: str = ""
+    one_exchange: bool = True          # evaluation rides on the next round's train message (prefix units)
     save_model: bool = True            # the supernet and every client's subnet next to results.json
     init_from: str = ""                # a saved supernet (model folder or run folder) to start from
     class_names: str = ""              # images: "cat,dog,..." (label = index); "" = each client's class folders
@@ -84,6 +85,11 @@ class Settings:
     def sizes(self) -> dict[str, int]:
         """Full sizes of the supernet's scalable dimensions."""
         return full_sizes(self.model, self.embed_dim, self.hidden_dim)
+
+    @property
+    def fused_evaluation(self) -> bool:
+        """One exchange per round: only where a train message holds the width-w prefix the metric needs."""
+        return self.one_exchange and self.extraction in ("prefix", "ordered")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -239,4 +245,5 @@ def settings_from_run_config(rc: dict[str, Any]) -> Settings:
         class_names=parse_class_names(str(rc["dataset"]), rc["class-names"]),
         init_from=str(rc["init-from"]),
         save_model=bool(rc["save-model"]),
+        one_exchange=bool(rc["one-exchange"]),
     )

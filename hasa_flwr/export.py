@@ -20,13 +20,16 @@ import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from torch import nn
 
 from .model_files import SavedModel, load_model
+
+if TYPE_CHECKING:
+    from .data import FederatedData
 
 FORMATS = ("onnx", "pt2")
 META_KEY = "hasa_flwr"            # ONNX metadata_props key
@@ -120,7 +123,7 @@ def random_inputs(meta: dict[str, Any], rows: int, seed: int = 0) -> torch.Tenso
     return torch.rand((rows, *shape), generator=gen)
 
 
-def run_data(meta: dict[str, Any]):
+def run_data(meta: dict[str, Any]) -> tuple[FederatedData | None, str]:
     """The run's data rebuilt from its run config, or (None, why not) when this machine lacks it or it differs."""
     from .config import Settings
 

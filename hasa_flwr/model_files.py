@@ -126,6 +126,12 @@ class SavedModel:
         return sub.eval()
 
 
+def client_folder_name(name: str) -> str:
+    """A client's name as a folder name (path separators and a leading dot would escape the folder)."""
+    safe = name.replace("/", "_").replace("\\", "_")
+    return "_" + safe if safe.startswith(".") or not safe else safe
+
+
 def resolve_model_folder(path: str | Path, client: str | None = None) -> Path:
     """A model folder from a model folder, a run folder (its supernet, or ``client``'s subnet) or a
     ``model.safetensors`` file."""
@@ -136,7 +142,7 @@ def resolve_model_folder(path: str | Path, client: str | None = None) -> Path:
         raise ModelFileError(f"{path} not found: pass a run folder (<results-dir>/<run-id>) or a model folder")
     if client is not None:
         run = path if (path / "clients").is_dir() else path.parent.parent if path.parent.name == "clients" else path
-        folder = run / "clients" / client
+        folder = run / "clients" / client_folder_name(client)
         if not (folder / META).is_file():
             known = sorted(p.name for p in (run / "clients").iterdir()) if (run / "clients").is_dir() else []
             raise ModelFileError(f"client {client!r} is not in {run}" + (f" (clients: {', '.join(known)})" if known

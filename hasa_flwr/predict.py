@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from .data.text import PAD, UNK, clean_title
-from .export import ExportError, PT2_META, is_text, ort_meta, ort_session, select_model, seq_len
+from .export import PT2_META, is_text, ort_meta, ort_session, require_onnx, select_model, seq_len
 
 TOP_WORDS, TOP_CLASSES = 5, 3
 
@@ -63,10 +63,9 @@ def open_predictor(path: str | Path, client: str | None = None, width: float | N
 
 
 def onnx_predictor(path: Path) -> Predictor:
+    require_onnx()
     try:
         session = ort_session(path)
-    except ExportError:
-        raise
     except Exception as err:  # ORT raises its own types for a damaged or foreign file
         raise PredictError(f"{path} is not a readable ONNX model ({type(err).__name__}): export it again with "
                            "`hasa export`") from None

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from .config import Settings
-from .model_files import SavedModel, load_model, model_meta, save_model
+from .model_files import SavedModel, client_folder_name, load_model, model_meta, save_model
 from .subnet import Spec, extract, select_units
 
 CLIENTS = "clients"
@@ -23,12 +23,6 @@ def class_names(settings: Settings) -> list[str] | None:
     if settings.dataset == "digits":
         return [str(d) for d in range(10)]
     return [n for n in settings.class_names.split(",") if n] or None
-
-
-def client_folder_name(name: str) -> str:
-    """A client's name as a folder name (path separators and a leading dot would escape the folder)."""
-    safe = name.replace("/", "_").replace("\\", "_")
-    return "_" + safe if safe.startswith(".") or not safe else safe
 
 
 def meta_for(settings: Settings, *, num_classes: int, input_shape: tuple[int, ...] | None, vocab: list[str] | None,

@@ -214,7 +214,7 @@ class HasaStrategy(Strategy):
     """
 
     def __init__(self, clients: list[ClientInfo], spec: Spec, sizes: dict[str, int], *, extraction: str,
-                 aggregation: str, seed: int, num_rounds: int) -> None:
+                 aggregation: str, seed: int, num_rounds: int, fused: bool = False) -> None:
         self.clients = {c.node_id: c for c in clients}
         self.spec, self.sizes = spec, sizes
         self.extraction, self.aggregation = extraction, aggregation
@@ -227,6 +227,13 @@ class HasaStrategy(Strategy):
         self._round_start = 0.0
         self.phase = "train"
         self._train_loss = math.nan
+        # fused: one exchange per round. Round r's model is evaluated by the clients as they receive
+        # it in round r+1's train message (a prefix train message holds exactly the width-w prefix);
+        # the last round's model by one evaluate exchange. Needs prefix units (see fused_evaluation).
+        self.fused = fused
+        self._train_seconds: dict[int, float] = {}
+        self.exchanges = {"train": 0, "evaluate": 0}  # message exchanges made (results.json records them)
+        self._losses: dict[int, float] = {}
 
     def summary(self) -> None:
         log(INFO, "\t├──> HASA: extraction=%s aggregation=%s", self.extraction, self.aggregation)
@@ -244,12 +251,14 @@ class HasaStrategy(Strategy):
                                client=c.partition_id)
             self.sent[node] = idx
             cfg = ConfigRecord({**dict(config), "server-round": server_round, "width": c.width,
+                                "evaluate-first": self.fused and server_round > 1,
                                 "ordered": self.extraction == "ordered",
                                 "train-seed": hash_seed(self.seed, server_round, c.partition_id)})
             sub = ArrayRecord(extract(self.state, self.spec, idx, self.sizes))
             messages.append(Message(RecordDict({"arrays": sub, "config": cfg}), dst_node_id=node,
                                     message_type="train"))
         self.outbox = list(zip(self.clients, messages))
+        self.exchanges["train"] += 1
         return messages
 
     def by_node(self, server_round: int, replies: Iterable[Message]) -> dict[int, Message]:
@@ -284,7 +293,12 @@ class HasaStrategy(Strategy):
     def aggregate_train(self, server_round: int,
                         replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
         updates, losses = [], []
-        for node, msg in self.by_node(server_round, replies).items():
+        got = self.by_node(server_round, replies)
+        if self.fused and server_round > 1:  # the evaluation of last round's model rode on these replies
+            self.record_evaluation(server_round - 1, {n: {k[len("eval-"):]: float(v) for k, v in
+                                                          m.content["metrics"].items() if k.startswith("eval-")}
+                                                      for n, m in got.items()})
+        for node, msg in got.items():
             try:
                 metrics = msg.content["metrics"]
                 update = Update(self.sent[node], msg.content["arrays"].to_torch_state_dict(),
@@ -301,6 +315,8 @@ class HasaStrategy(Strategy):
         new = aggregate(self.state, updates, self.spec, self.sizes, self.aggregation)
         total = sum(w for w, _ in losses)
         self._train_loss = sum(w * loss for w, loss in losses) / total
+        self._losses[server_round] = self._train_loss
+        self._train_seconds[server_round] = time.perf_counter() - self._round_start
         return ArrayRecord(new), MetricRecord({"train-loss": self._train_loss, "clients": len(updates)})
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
@@ -310,6 +326,9 @@ class HasaStrategy(Strategy):
         above its cap)."""
         final = server_round == self.num_rounds
         self.phase = "evaluate"
+        if self.fused and not final:  # this model is evaluated inside the next round's train messages
+            self.outbox = []
+            return []
         state = arrays.to_torch_state_dict()
         self.outbox = []
         for node, c in self.clients.items():
@@ -321,23 +340,34 @@ class HasaStrategy(Strategy):
             cfg = ConfigRecord({**dict(config), "server-round": server_round, "width": c.width, "full-width": full})
             self.outbox.append((node, Message(RecordDict({**content, "config": cfg}), dst_node_id=node,
                                               message_type="evaluate")))
+        self.exchanges["evaluate"] += 1
         return [m for _, m in self.outbox]
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+        if self.fused and server_round < self.num_rounds:
+            return None
         got = self.by_node(server_round, replies)
+        return self.record_evaluation(server_round, {n: {k: float(v) for k, v in m.content["metrics"].items()}
+                                                     for n, m in got.items()})
+
+    def record_evaluation(self, server_round: int, metrics: dict[int, dict[str, float]]) -> MetricRecord | None:
+        """The history row of ``server_round``'s model from the clients' evaluation metrics."""
         accs = []
         for node, c in self.clients.items():
             # a client that misses an evaluation has no current accuracy: never report a stale one
-            c.metrics = {k: float(v) for k, v in got[node].content["metrics"].items()} if node in got else {}
+            c.metrics = metrics.get(node, {}) if "accuracy" in metrics.get(node, {}) else {}
             if c.metrics:
                 accs.append(c.metrics["accuracy"])
         if not accs:
             return None
+        seconds = self._train_seconds.get(server_round, math.nan)
+        if not self.fused or server_round == self.num_rounds:  # its own evaluate exchange
+            seconds = time.perf_counter() - self._round_start
         # every round's per-client accuracies, so a long run also answers for its shorter prefixes
-        row = {"round": server_round, "train_loss": self._train_loss, **summarize(accs),
-               "clients": len(accs), "accuracies": {str(c.partition_id): c.metrics.get("accuracy")
-                                                      for c in self.clients.values()},
-               "seconds": time.perf_counter() - self._round_start}
+        row = {"round": server_round, "train_loss": self._losses.get(server_round, self._train_loss),
+               **summarize(accs), "clients": len(accs),
+               "accuracies": {str(c.partition_id): c.metrics.get("accuracy") for c in self.clients.values()},
+               "seconds": seconds}
         self.history.append(row)
         log(INFO, "round %d: mean accuracy %.4f, worst %.4f (%d clients)", server_round, row["mean"],
             row["worst"], len(accs))

@@ -31,7 +31,7 @@ from .launch import RUN_ID, RunOutcome, app_defaults, flwr_run, merge_config, pr
 
 # Settings fields that do not change what a run computes: ignored when checking a finished run.
 LABEL = re.compile(r"[A-Za-z0-9._-]+")
-OPERATIONAL = ("results_dir", "data_path", "wait_seconds", "round_timeout", "save_model")
+OPERATIONAL = ("results_dir", "data_path", "wait_seconds", "round_timeout", "save_model", "one_exchange")
 ROUND_LINE = re.compile(r"round (\d+): mean accuracy ([0-9.]+)")
 
 

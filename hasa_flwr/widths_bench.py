@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .data import ClientData, FederatedData
 from .export import ExportError, atomic_path, is_text, onnx_bytes, ort_session, random_inputs, require_onnx, run_data
 from .model_files import load_model
 from .models import mac_cost
@@ -62,7 +63,7 @@ def count_macs(model: nn.Module, positions: int) -> int:
     return per_position * positions
 
 
-def one_input(meta: dict[str, Any], fed) -> np.ndarray:
+def one_input(meta: dict[str, Any], fed: FederatedData | None) -> np.ndarray:
     """A batch-1 input for the latency: a real test title or image when the data is here."""
     if fed is not None:
         return fed.clients[0].x_test[:1].numpy()
@@ -82,7 +83,7 @@ def latency_ms(session, x: np.ndarray, repeats: int, warmup: int) -> float:
     return statistics.median(times) * 1e3
 
 
-def mean_accuracy(model: nn.Module, clients: list) -> float | None:
+def mean_accuracy(model: nn.Module, clients: list[ClientData]) -> float | None:
     from .train import evaluate
 
     if not clients:
@@ -90,7 +91,7 @@ def mean_accuracy(model: nn.Module, clients: list) -> float | None:
     return float(np.mean([evaluate(model, c.x_test, c.y_test)["accuracy"] for c in clients]))
 
 
-def run_clients(meta: dict[str, Any], fed) -> list:
+def run_clients(meta: dict[str, Any], fed: FederatedData | None) -> list[ClientData]:
     """The run's clients' data (those named in the model's metadata; all when it names none)."""
     if fed is None:
         return []
@@ -123,7 +124,8 @@ def bench_widths(run_dir: str | Path, widths: list[float], *, repeats: int = 200
                              mean_accuracy(model, clients)))
     return {"run": str(Path(run_dir)), "model": meta["model"], "run_id": meta.get("run_id"),
             "dataset": meta["run_config"].get("dataset"), "rows": [asdict(r) for r in rows],
-            "clients": [{"name": c["name"], "width": c["width"], "cap": c.get("cap")} for c in meta.get("clients") or []],
+            "clients": [{"name": c["name"], "width": c["width"], "cap": c.get("cap")}
+                        for c in meta.get("clients") or []],
             "accuracy_clients": [c.name for c in clients], "data_note": why,
             "latency": {"runtime": "onnxruntime CPU, 1 thread", "batch": 1, "repeats": repeats, "warmup": warmup,
                         "input": "real test input" if fed is not None else "random valid input",
@@ -134,7 +136,8 @@ def bench_widths(run_dir: str | Path, widths: list[float], *, repeats: int = 200
 def markdown(result: dict[str, Any]) -> str:
     lat = result["latency"]
     accuracy = (f"mean over {len(result['accuracy_clients'])} clients, each on its own test split"
-                if result["accuracy_clients"] else f"n/a, the run's data is not on this machine ({result['data_note']})")
+                if result["accuracy_clients"]
+                else f"n/a, the run's data is not on this machine ({result['data_note']})")
     lines = [f"# Widths of run {result['run']} ({result['dataset']}, {result['model']['kind']} "
              f"{result['model']['sizes']})", "",
              f"MACs per {result['macs_per']}; latency: median of {lat['repeats']} batch-1 runs on a {lat['input']} "
@@ -146,7 +149,7 @@ def markdown(result: dict[str, Any]) -> str:
         lines.append(f"| {r['width']:g} | {r['params']:,} | {r['macs']:,} | {r['mac_fraction']:.3f} | "
                      f"{r['onnx_bytes'] / 1024:.1f} | {r['latency_ms']:.4f} | {acc} |")
     if result["clients"]:
-        lines += ["", "Allocated: " + ", ".join(f"{c['name']} {c['width']:g}" for c in result["clients"])]
+        lines += ["", "Allocated: " + ", ".join(f"{c['name']} {c['width']:.3g}" for c in result["clients"])]
     return "\n".join(lines) + "\n"
 
 

@@ -123,6 +123,22 @@ def test_run_saves_its_models_and_init_from_checks_them(superlink, tmp_path):
     assert bad.results is None and "init-from" in bad.error and "does not fit this run" in bad.error, log[-3000:]
 
 
+def test_one_exchange_per_round_gives_the_same_results(superlink, tmp_path):
+    """Evaluation riding on the next round's train message == a separate evaluate exchange."""
+    base = {**SMALL, "num-server-rounds": 3, "save-model": False}
+    runs = {}
+    for fused in (True, False):
+        outcome, log = run(superlink, tmp_path / str(fused), {**base, "one-exchange": fused})
+        assert outcome.results is not None, log[-3000:]
+        runs[fused] = json.loads(outcome.results.read_text())
+    a, b = runs[True], runs[False]
+    assert a["exchanges"] == {"train": 3, "evaluate": 1} and b["exchanges"] == {"train": 3, "evaluate": 3}
+    keys = ("round", "mean", "worst", "tail", "accuracies", "train_loss")
+    assert [[h[k] for k in keys] for h in a["history"]] == [[h[k] for k in keys] for h in b["history"]]
+    assert [c["accuracy"] for c in a["clients"]] == [c["accuracy"] for c in b["clients"]]
+    assert [c["full_width_accuracy"] for c in a["clients"]] == [c["full_width_accuracy"] for c in b["clients"]]
+
+
 def test_fewer_nodes_than_clients_stops_with_advice(superlink, tmp_path):
     outcome, log = run(superlink, tmp_path, {**SMALL, "wait-seconds": 5.0}, num_supernodes=3)
     assert outcome.results is None

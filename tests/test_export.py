@@ -132,16 +132,18 @@ def test_export_cnn_onnx_checked_on_real_digits(digits_onnx):
     assert "real test inputs" in stdout and "supernet (width 1)" in stdout
 
 
-def test_export_pt2_loads_back_and_matches(digits_run, tmp_path):
-    out = tmp_path / "digits-1.pt2"
-    export_ok(digits_run, out, "--client", "digits-1", "--format", "pt2")
+@pytest.mark.parametrize("kind, client", [("digits", "digits-1"), ("text", TEXT_CLIENT)])
+def test_export_pt2_loads_back_and_matches(kind, client, request, tmp_path):
+    run = request.getfixturevalue(f"{kind}_run")
+    out = tmp_path / "subnet.pt2"
+    export_ok(run, out, "--client", client, "--format", "pt2")
     extra = {"hasa_flwr.json": ""}
     program = torch.export.load(str(out), extra_files=extra).module()
-    assert json.loads(extra["hasa_flwr.json"])["width"] == 0.8
-    fed = settings_for("digits").load_data()
-    x = fed.clients[1].x_test
+    saved = load_model(run, client)
+    assert json.loads(extra["hasa_flwr.json"])["width"] == saved.width
+    x = next(c for c in settings_for(kind).load_data().clients if c.name == client).x_test
     with torch.no_grad():
-        assert (program(x) - load_model(digits_run, "digits-1").build()(x)).abs().max() < 1e-4
+        assert (program(x) - saved.build()(x)).abs().max() < 1e-4
 
 
 def test_export_of_a_supernet_prefix(text_run, tmp_path):
@@ -191,7 +193,7 @@ def digit_png(path: Path, index: int = 5, size: int = 8) -> tuple[Path, str]:
 
     bunch = load_digits()
     pixels = np.round(bunch.images[index] * 255 / 16).astype(np.uint8)
-    Image.fromarray(pixels, mode="L").resize((size, size)).save(path)
+    Image.fromarray(pixels).resize((size, size)).save(path)
     return path, str(bunch.target[index])
 
 
@@ -224,6 +226,14 @@ def test_bench_widths_writes_three_sane_files(digits_run, tmp_path):
     assert "| width | params |" in (out / "widths.md").read_text()
     assert (out / "widths.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert sorted(p.name for p in out.iterdir()) == ["widths.json", "widths.md", "widths.png"]
+
+
+def test_bench_widths_without_the_data_says_n_a(digits_run, tmp_path, monkeypatch):
+    monkeypatch.setattr("hasa_flwr.widths_bench.run_data", lambda meta: (None, "DataError: not here"))
+    rc, stdout, err = hasa("bench", "widths", digits_run, "--widths", "0.5,1", "--out", tmp_path, "--repeats", "2")
+    assert rc == 0, err
+    assert all(r["accuracy"] is None for r in json.loads((tmp_path / "widths.json").read_text())["rows"])
+    assert "| n/a |" in stdout and "not on this machine (DataError: not here)" in stdout
 
 
 def mismatched_model(run: Path, tmp: Path) -> Path:
