@@ -58,16 +58,35 @@ def test_synthetic_hasa_two_rounds(superlink, tmp_path):
     by_score = sorted(res["clients"], key=lambda c: c["score"])
     assert by_score[-1]["width"] >= by_score[0]["width"]
     assert "mean" in log and "worst" in log  # the per-client table was printed
+    check_saved_models(outcome.results)
+    # init-from a saved supernet whose sizes do not fit the run stops it in one line
+    bad, log = run(superlink, tmp_path / "b", {**SMALL, "hidden-dim": 48, "init-from": str(outcome.results.parent)})
+    assert bad.results is None and "init-from" in bad.error and "does not fit this run" in bad.error, log[-3000:]
 
 
-@pytest.mark.skipif(medium_csv() is None, reason="HASA_DATA_DIR has no medium_data.csv")
-def test_medium_two_rounds(superlink, tmp_path):
-    preset = read_preset(ROOT / "conf" / "medium.toml")
-    outcome, log = run(superlink, tmp_path, {**preset, **SMALL, "data-path": str(medium_csv())})
-    assert outcome.results is not None, log[-3000:]
-    res = check_results(outcome.results)
-    assert res["clients"][0]["name"] == "The Startup"
-    assert {c["name"] for c in res["clients"]} >= {"Towards Data Science", "Better Humans"}
+def check_saved_models(results_path):
+    """The supernet and each client's subnet are saved next to results.json; each subnet is the
+    supernet's prefix bit for bit and gives back exactly the accuracy the run reported."""
+    import torch
+
+    from hasa_flwr.config import Settings
+    from hasa_flwr.model_files import load_model
+    from hasa_flwr.train import evaluate
+
+    res = json.loads(results_path.read_text())
+    run_dir = results_path.parent
+    supernet = load_model(run_dir)
+    assert supernet.width == 1.0 and supernet.meta["vocab"][:2] == ["<pad>", "<unk>"]
+    assert supernet.meta["model"]["sizes"] == {"embed": 16, "hidden": 32}
+    fed = Settings.from_dict(res["config"]).load_data()
+    for row, data in zip(res["clients"], fed.clients):
+        sub = load_model(run_dir, client=row["name"])
+        assert sub.width == row["width"] and sub.meta["client"] == row["name"] == data.name
+        assert evaluate(sub.build(), data.x_test, data.y_test)["accuracy"] == row["accuracy"]
+        same = supernet.build(row["width"]).state_dict()
+        assert all(torch.equal(v, same[k]) for k, v in sub.state.items())
+
+
 
 
 @pytest.mark.skipif(medium_csv() is None, reason="HASA_DATA_DIR has no medium_data.csv")
@@ -83,6 +102,9 @@ def test_medium_local_files_equal_the_pooled_file(superlink, tmp_path):
     preset = {**read_preset(ROOT / "conf" / "medium.toml"), **SMALL, "seed": 1}
     pooled, log = run(superlink, tmp_path / "pooled", {**preset, "data-path": str(medium_csv())})
     assert pooled.results is not None, log[-3000:]
+    res = check_results(pooled.results)
+    assert res["clients"][0]["name"] == "The Startup"  # numbered largest first, as the paper does
+    assert {c["name"] for c in res["clients"]} >= {"Towards Data Science", "Better Humans"}
     local, log = run(superlink, tmp_path / "local", {**preset, "data-path": str(folder), "client-column": ""})
     assert local.results is not None, log[-3000:]
     a, b = (json.loads(r.results.read_text()) for r in (pooled, local))
@@ -92,35 +114,6 @@ def test_medium_local_files_equal_the_pooled_file(superlink, tmp_path):
     assert [[c[k] for k in keys] for c in a["clients"]] == [[c[k] for k in keys] for c in b["clients"]]
     assert [h["accuracies"] for h in a["history"]] == [h["accuracies"] for h in b["history"]]
     assert "word_counts" in a["privacy"]["server_saw_per_client"]
-
-
-def test_run_saves_its_models_and_init_from_checks_them(superlink, tmp_path):
-    """The supernet and each client's subnet are saved next to results.json; the subnets give back
-    exactly the accuracies the run reported; init-from with other model sizes stops in one line."""
-    import torch
-
-    from hasa_flwr.config import Settings
-    from hasa_flwr.model_files import load_model
-    from hasa_flwr.train import evaluate
-
-    outcome, log = run(superlink, tmp_path / "a", SMALL)
-    assert outcome.results is not None, log[-3000:]
-    res = json.loads(outcome.results.read_text())
-    run_dir = outcome.results.parent
-    supernet = load_model(run_dir)
-    assert supernet.width == 1.0 and supernet.meta["vocab"][:2] == ["<pad>", "<unk>"]
-    assert supernet.meta["model"]["sizes"] == {"embed": 16, "hidden": 32}
-    settings = Settings.from_dict(res["config"])
-    fed = settings.load_data()
-    for row, data in zip(res["clients"], fed.clients):
-        sub = load_model(run_dir, client=row["name"])
-        assert sub.width == row["width"] and sub.meta["client"] == row["name"]
-        assert data.name == row["name"]
-        assert evaluate(sub.build(), data.x_test, data.y_test)["accuracy"] == row["accuracy"]
-        same = supernet.build(row["width"]).state_dict()  # the subnet is the supernet's prefix, bit for bit
-        assert all(torch.equal(v, same[k]) for k, v in sub.state.items())
-    bad, log = run(superlink, tmp_path / "b", {**SMALL, "hidden-dim": 48, "init-from": str(run_dir)})
-    assert bad.results is None and "init-from" in bad.error and "does not fit this run" in bad.error, log[-3000:]
 
 
 def test_one_exchange_per_round_gives_the_same_results(superlink, tmp_path):
