@@ -9,7 +9,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 
 def medium_csv() -> Path | None:
-    """The benchmark CSV when HASA_DATA_DIR provides it (CI sets it to ../shared/data)."""
+    """The benchmark CSV when HASA_DATA_DIR provides it (CI sets it)."""
     folder = os.environ.get("HASA_DATA_DIR")
     path = Path(folder) / "medium_data.csv" if folder else None
     return path if path is not None and path.is_file() else None
