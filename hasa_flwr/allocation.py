@@ -10,8 +10,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.optimize import brentq
-from scipy.stats import rankdata
 
 from .scores import random_scores
 
@@ -36,6 +34,8 @@ def normalized_ranks(scores: np.ndarray) -> np.ndarray:
     scores = np.asarray(scores, dtype=np.float64)
     if len(scores) == 1:
         return np.array([0.5])
+    from scipy.stats import rankdata  # here, not at import: a device's message process never needs scipy
+
     return (rankdata(scores, method="average") - 1.0) / (len(scores) - 1.0)
 
 
@@ -90,6 +90,8 @@ def scale_and_project(prelim: np.ndarray, shares: np.ndarray, budget: float, w_m
         return np.clip(0.0 * w, w_min, caps), passes + 1
     if gap(hi) <= 0.0:  # budget at the caps' ceiling
         return caps.astype(np.float64), passes + 1
+    from scipy.optimize import brentq
+
     s = brentq(gap, 0.0, hi, xtol=1e-15, rtol=4 * np.finfo(float).eps, maxiter=500)
     return np.clip(s * w, w_min, caps), passes + 1
 

@@ -46,7 +46,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     outcome = sweep(Path(args.app), Path(args.out), preset=args.preset, strategies=parse_strategies(args.strategies),
                     seeds=parse_seeds(args.seeds), sets=parse_sets(args.set), federation_config=args.federation_config,
                     keep_going=args.keep_going, progress=not args.no_progress, run_timeout=args.run_timeout,
-                    label=args.label)
+                    label=args.label, jobs=args.jobs)
     print(f"sweep: {len(outcome.done)} run(s) done, {len(outcome.skipped)} skipped (already finished), "
           f"{len(outcome.failed)} failed; results in {Path(args.out).absolute()}")
     for key, why in outcome.failed:
@@ -82,7 +82,7 @@ def cmd_grid(args: argparse.Namespace) -> int:
     cells = [c for c in args.cells.split(",") if c] if args.cells else None
     outcome = run_grid(Path(args.app), grid, Path(args.out), seeds=parse_seeds(args.seeds) if args.seeds else None,
                        cells=cells, federation_config=args.federation_config, keep_going=args.keep_going,
-                       progress=not args.no_progress, run_timeout=args.run_timeout)
+                       progress=not args.no_progress, run_timeout=args.run_timeout, jobs=args.jobs)
     print(f"grid: {len(outcome.done)} run(s) done, {len(outcome.skipped)} skipped (already finished), "
           f"{len(outcome.failed)} failed; results in {Path(args.out).absolute()}")
     for key, why in outcome.failed:
@@ -96,7 +96,8 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
     outcome = calibrate(Path(args.app), Path(args.out), preset=args.preset, seeds=parse_seeds(args.seeds),
                         sets=parse_sets(args.set), federation_config=args.federation_config,
-                        keep_going=args.keep_going, progress=not args.no_progress, run_timeout=args.run_timeout)
+                        keep_going=args.keep_going, progress=not args.no_progress, run_timeout=args.run_timeout,
+                        jobs=args.jobs)
     for key, why in outcome.failed:
         print(f"hasa: error: {key} failed: {why}", file=sys.stderr)
     if outcome.failed:
@@ -214,8 +215,20 @@ def add_run_options(p: argparse.ArgumentParser, default_seeds: str) -> None:
     p.add_argument("--keep-going", action="store_true",
                    help="after a failed run, go on with the others (default: stop at the first failure)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--jobs", type=positive_int, default=1, metavar="N",
+                   help="runs at once, each on its own Ray with 1/N of the cores (default 1)")
     p.add_argument("--run-timeout", type=positive_seconds, default=None, metavar="SECONDS",
                    help="stop a run that takes longer and count it as failed (default: no limit)")
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def positive_seconds(text: str) -> float:
@@ -295,6 +308,8 @@ def build_parser() -> argparse.ArgumentParser:
     gr.add_argument("--no-progress", action="store_true", help="no progress bar")
     gr.add_argument("--run-timeout", type=positive_seconds, default=None, metavar="SECONDS",
                     help="stop a run that takes longer than this")
+    gr.add_argument("--jobs", type=positive_int, default=1, metavar="N",
+                    help="runs at once, each on its own Ray with 1/N of the cores (default 1)")
     gr.set_defaults(func=cmd_grid)
 
     cal = sub.add_parser("calibrate", help="score validity: uniform runs at width 1.0 and at width B, then "

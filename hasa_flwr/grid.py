@@ -107,7 +107,8 @@ def resolve_preset(grid: Grid, app: Path) -> str | None:
 
 def run_grid(app: Path, grid: Grid, out: Path, *, seeds: list[int] | None = None, cells: list[str] | None = None,
              runner: Runner | None = None, federation_config: str = "", keep_going: bool = False,
-             progress: bool = True, command: str | None = None, run_timeout: float | None = None) -> SweepOutcome:
+             progress: bool = True, command: str | None = None, run_timeout: float | None = None,
+             jobs: int = 1) -> SweepOutcome:
     """Every (seed, cell, arm) not finished yet, seed-major; every config is checked before any run."""
     app = Path(app).absolute()
     preset = resolve_preset(grid, app)
@@ -120,12 +121,12 @@ def run_grid(app: Path, grid: Grid, out: Path, *, seeds: list[int] | None = None
     total = SweepOutcome()
     for seed in seeds or grid.seeds:
         for cell in chosen:
-            jobs = [Job(arm, seed, sets) for arm, sets in grid.arms.items()]
+            cell_jobs = [Job(arm, seed, sets) for arm, sets in grid.arms.items()]
             meta = {"kind": "grid", "grid": str(grid.source), "cell": cell.values, "preset": preset,
                     "overrides": {**grid.fixed, **cell.sets}, "app": str(app),
                     "strategies": list(grid.arms), "seeds": [seed]}
-            done = run_jobs(out / cell.name, bases[cell.name], jobs, runner, federation_config=federation_config,
-                            keep_going=keep_going, progress=progress, meta=meta, command=command)
+            done = run_jobs(out / cell.name, bases[cell.name], cell_jobs, runner, federation_config=federation_config,
+                            keep_going=keep_going, progress=progress, meta=meta, command=command, parallel=jobs)
             total.done += done.done
             total.skipped += done.skipped
             total.failed += done.failed

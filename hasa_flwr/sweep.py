@@ -5,8 +5,10 @@ Layout: ``<out>/<name>/seed-<k>/results.json`` (+ ``flwr.log`` next to it) and `
 is skipped, provided its recorded config matches what would be run now; otherwise it is an error
 (mixing configs in one folder would silently corrupt the paired statistics).
 
-Runs are sequential (a simulation already uses every core). A failed run stops the sweep with its
-error line unless ``keep_going`` is set, in which case the failures are listed at the end.
+Runs are sequential by default (a simulation already uses every core); ``--jobs N`` runs N at once,
+each on its own Ray with 1/N of the cores, all through one local SuperLink. A failed run stops the
+sweep with its error line unless ``keep_going`` is set, in which case the failures are listed at
+the end.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import shlex
 import shutil
 import sys
 import time
+import threading
 import tomllib
 from collections.abc import Callable
 from dataclasses import MISSING, dataclass, field, fields
@@ -27,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import STRATEGIES, Settings, settings_from_run_config, upgrade_recorded
-from .launch import RUN_ID, RunOutcome, app_defaults, flwr_run, merge_config, preflight, read_preset
+from .launch import RUN_ID, RunOutcome, app_defaults, flwr_run, flwr_stop, merge_config, preflight, read_preset
 
 # Settings fields that do not change what a run computes: ignored when checking a finished run.
 LABEL = re.compile(r"[A-Za-z0-9._-]+")
@@ -329,10 +332,22 @@ def with_supernodes(federation_config: str, num_clients: int) -> str:
     return f"num-supernodes={num_clients} {federation_config}".strip()
 
 
+def job_resources(federation_config: str, num_clients: int, jobs: int) -> str:
+    """Each of ``jobs`` concurrent runs gets its own Ray sized to its share of the cores (Flower sizes
+    a run's actor pool from its whole Ray, so runs sharing one would wait for each other)."""
+    config = with_supernodes(federation_config, num_clients)
+    if jobs > 1 and "init-args-num-cpus" not in config:
+        share = max(1, (os.cpu_count() or 1) // jobs)
+        config += f" init-args-num-cpus={share}"
+        if "client-resources-num-cpus" not in config:
+            config += f" client-resources-num-cpus={share}"
+    return config
+
+
 def run_jobs(out: Path, base: dict[str, Any], jobs: list[Job], runner: Runner, *, federation_config: str = "",
              keep_going: bool = False, progress: bool = True, meta: dict[str, Any] | None = None,
-             command: str | None = None, check: bool = True) -> SweepOutcome:
-    """Run every job not already finished in ``out``; see the module docstring."""
+             command: str | None = None, check: bool = True, parallel: int = 1) -> SweepOutcome:
+    """Run every job not already finished in ``out``, ``parallel`` at a time; see the module docstring."""
     out = Path(out).absolute()
     configs = {job.key: job_config(base, job) for job in jobs}
     expected = {}
@@ -347,7 +362,8 @@ def run_jobs(out: Path, base: dict[str, Any], jobs: list[Job], runner: Runner, *
             pending.append(job)
     if pending and check:
         preflight({**configs[pending[0].key], "results-dir": str(out)})  # data + budget, in a second
-    manifest = update_manifest(out, meta or {}, command or command_line())
+    manifest = update_manifest(out, {**(meta or {}), "jobs": parallel}, command or command_line())
+    lock = threading.Lock()  # the manifest, the outcome and the bar are shared by the workers
 
     bar = None
     if progress:
@@ -358,37 +374,38 @@ def run_jobs(out: Path, base: dict[str, Any], jobs: list[Job], runner: Runner, *
     say = bar.write if bar is not None else (lambda s: print(s, file=sys.stderr))
     if outcome.skipped:
         say(f"{len(outcome.skipped)} of {len(jobs)} runs already finished in {out}: skipped")
-    try:
-        for job in pending:
-            run_dir = out / job.name / f"seed-{job.seed}"
-            tmp = run_dir / ".flwr-results"
-            shutil.rmtree(tmp, ignore_errors=True)
-            run_dir.mkdir(parents=True, exist_ok=True)
-            config = {**configs[job.key], "results-dir": str(tmp), "save-model": False}  # keep sweeps small
-            settings = settings_from_run_config(config)
+    running: dict[str, LogTee] = {}
+
+    def run_one(job: Job) -> None:
+        run_dir = out / job.name / f"seed-{job.seed}"
+        tmp = run_dir / ".flwr-results"
+        shutil.rmtree(tmp, ignore_errors=True)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        config = {**configs[job.key], "results-dir": str(tmp), "save-model": False}  # keep sweeps small
+        settings = settings_from_run_config(config)
+        if bar is not None:
+            bar.set_postfix_str(f"{job.key} starting")
+
+        def on_round(r: int, acc: float, key: str = job.key, total: int = settings.num_rounds) -> None:
             if bar is not None:
-                bar.set_postfix_str(f"{job.key} starting")
+                bar.set_postfix_str(f"{key} round {r}/{total} mean {acc:.4f}")
 
-            def on_round(r: int, acc: float, key: str = job.key, total: int = settings.num_rounds) -> None:
-                if bar is not None:
-                    bar.set_postfix_str(f"{key} round {r}/{total} mean {acc:.4f}")
-
-            log = LogTee(run_dir / "flwr.log", on_round)
-            start = time.perf_counter()
-            try:
-                result = runner(config, num_supernodes=settings.num_clients,
-                                federation_config=with_supernodes(federation_config, settings.num_clients), log=log)
-            except KeyboardInterrupt:
-                if log.run_id is not None:  # flwr_run has asked the SuperLink to stop it
-                    say(f"interrupted: stopped Flower run {log.run_id} ({job.key})")
-                raise
-            finally:
-                log.close()
-            seconds = time.perf_counter() - start
+        log = LogTee(run_dir / "flwr.log", on_round)
+        running[job.key] = log
+        start = time.perf_counter()
+        try:
+            result = runner(config, num_supernodes=settings.num_clients,
+                            federation_config=job_resources(federation_config, settings.num_clients, parallel),
+                            log=log)
+        finally:
+            log.close()
+            running.pop(job.key, None)
+        seconds = time.perf_counter() - start
+        res = json.loads(result.results.read_text()) if result.results is not None else None
+        if res is not None and not res.get("summary"):  # no client evaluated: useless for the statistics
+            result = RunOutcome(result.run_id, None, "results.json has no evaluated client", result.returncode)
+        with lock:
             outcome.seconds[job.key] = seconds
-            res = json.loads(result.results.read_text()) if result.results is not None else None
-            if res is not None and not res.get("summary"):  # no client evaluated: useless for the statistics
-                result = RunOutcome(result.run_id, None, "results.json has no evaluated client", result.returncode)
             if result.results is None:
                 why = result.error or f"flwr run exited with code {result.returncode} and wrote no results.json"
                 outcome.failed.append((job.key, why))
@@ -400,31 +417,74 @@ def run_jobs(out: Path, base: dict[str, Any], jobs: list[Job], runner: Runner, *
                 if not keep_going:
                     raise RunFailed(msg + "; fix it and re-run the same command to resume")
                 say(msg)
-                if bar is not None:
-                    bar.update(1)
-                continue
-            os.replace(result.results, run_dir / "results.json")
-            os.chmod(run_dir / "results.json", 0o644)  # the ServerApp's temp file was 0600
-            shutil.rmtree(tmp, ignore_errors=True)
-            summary = res["summary"]
-            manifest["runs"][job.key] = {"status": "done", "seconds": round(seconds, 2), "run_id": result.run_id,
-                                         "round_seconds": [round(h["seconds"], 3) for h in res.get("history", [])]}
-            write_json(out / "sweep.json", manifest)
-            outcome.done.append(job.key)
-            say(f"{job.key}: mean {summary['mean']:.4f} worst {summary['worst']:.4f} tail {summary['tail']:.4f} "
-                f"({seconds:.0f} s)")
+            else:
+                os.replace(result.results, run_dir / "results.json")
+                os.chmod(run_dir / "results.json", 0o644)  # the ServerApp's temp file was 0600
+                shutil.rmtree(tmp, ignore_errors=True)
+                summary = res["summary"]
+                manifest["runs"][job.key] = {"status": "done", "seconds": round(seconds, 2),
+                                             "run_id": result.run_id,
+                                             "round_seconds": [round(h["seconds"], 3) for h in res.get("history", [])]}
+                write_json(out / "sweep.json", manifest)
+                outcome.done.append(job.key)
+                say(f"{job.key}: mean {summary['mean']:.4f} worst {summary['worst']:.4f} "
+                    f"tail {summary['tail']:.4f} ({seconds:.0f} s)")
             if bar is not None:
                 bar.update(1)
+
+    try:
+        if parallel <= 1:
+            for job in pending:
+                run_one(job)
+        else:
+            run_parallel(pending, run_one, parallel)
+    except KeyboardInterrupt:
+        for key, log in list(running.items()):  # a worker thread's flwr run does not see the Ctrl-C
+            if log.run_id is not None:
+                flwr_stop(log.run_id)
+                say(f"interrupted: stopped Flower run {log.run_id} ({key})")
+        raise
     finally:
         if bar is not None:
             bar.close()
     return outcome
 
 
+def run_parallel(pending: list[Job], run_one: Callable[[Job], None], parallel: int) -> None:
+    """``parallel`` workers; the first run starts alone until it is under way, so that only one
+    process starts the shared local SuperLink. A failure (without --keep-going) stops new runs."""
+    from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+
+    if not pending:
+        return
+    with ThreadPoolExecutor(max_workers=parallel) as pool:
+        first = pool.submit(run_one, pending[0])
+        deadline = time.monotonic() + 60.0
+        while not first.done() and time.monotonic() < deadline and not superlink_started():
+            time.sleep(0.5)
+        futures = [first] + [pool.submit(run_one, job) for job in pending[1:]]
+        done, not_done = wait(futures, return_when=FIRST_EXCEPTION)
+        for f in not_done:
+            f.cancel()
+        for f in done:
+            f.result()  # re-raises a worker's RunFailed
+
+
+def superlink_started() -> bool:
+    """Whether the local SuperLink's Control API port answers (the first run has started it)."""
+    import socket
+
+    port = int(os.environ.get("FLWR_LOCAL_CONTROL_API_PORT", "39093"))
+    with socket.socket() as sock:
+        sock.settimeout(0.2)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
 def sweep(app: Path, out: Path, *, preset: str | None, strategies: list[str], seeds: list[int],
           sets: dict[str, Any], runner: Runner | None = None, env: dict[str, str] | None = None,
           federation_config: str = "", keep_going: bool = False, progress: bool = True,
-          command: str | None = None, run_timeout: float | None = None, label: str | None = None) -> SweepOutcome:
+          command: str | None = None, run_timeout: float | None = None, label: str | None = None,
+          jobs: int = 1) -> SweepOutcome:
     """`hasa sweep`: the preset over strategies x seeds into ``out``."""
     app = Path(app).absolute()
     base = base_config(app, preset, sets)
@@ -434,7 +494,7 @@ def sweep(app: Path, out: Path, *, preset: str | None, strategies: list[str], se
             "strategies": strategies, "seeds": seeds, **({"label": label} if label else {})}
     return run_jobs(out, base, strategy_jobs(strategies, seeds, label), runner or default_runner(app, env, run_timeout),
                     federation_config=federation_config, keep_going=keep_going, progress=progress, meta=meta,
-                    command=command)
+                    command=command, parallel=jobs)
 
 
 # ----------------------------------------------------------------------------- calibration
@@ -456,7 +516,7 @@ def calibration_jobs(budget: float, seeds: list[int]) -> list[Job]:
 def calibrate(app: Path, out: Path, *, preset: str | None, seeds: list[int], sets: dict[str, Any],
               runner: Runner | None = None, env: dict[str, str] | None = None, federation_config: str = "",
               keep_going: bool = False, progress: bool = True, command: str | None = None,
-              run_timeout: float | None = None) -> SweepOutcome:
+              run_timeout: float | None = None, jobs: int = 1) -> SweepOutcome:
     """`hasa calibrate`: the runs behind need_i = acc(width 1.0) - acc(width B), per seed."""
     app = Path(app).absolute()
     base = base_config(app, preset, sets)
@@ -470,4 +530,4 @@ def calibrate(app: Path, out: Path, *, preset: str | None, seeds: list[int], set
             "strategies": list(dict.fromkeys(j.name for j in jobs)), "seeds": seeds, "budget": budget}
     return run_jobs(out, base, jobs, runner or default_runner(app, env, run_timeout),
                     federation_config=federation_config, keep_going=keep_going, progress=progress, meta=meta,
-                    command=command)
+                    command=command, parallel=jobs)

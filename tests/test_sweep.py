@@ -1,6 +1,7 @@
 """`hasa sweep`: resumability with a fake runner, and one small real sweep through `flwr run`."""
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -228,3 +229,39 @@ def test_label_puts_an_ablation_beside_its_strategy(tmp_path):
         run_fake(out, FakeRunner(), label="x")
     with pytest.raises(ValueError, match="not a plain folder name"):
         run_fake(out, FakeRunner(), strategies=("hasa",), label="../x")
+
+
+def test_jobs_run_at_once_on_their_own_share_of_the_cores(tmp_path):
+    """--jobs 2: two runs overlap in time, each with its own Ray sized to half the cores; the folder
+    is the same as a sequential sweep's, and resuming skips every finished run."""
+    import threading
+    import time as _time
+
+    from hasa_flwr.sweep import job_resources
+
+    active, peak, lock = [0], [0], threading.Lock()
+    inner = FakeRunner()
+    seen_configs = []
+
+    def runner(config, *, num_supernodes, federation_config="", log=None):
+        with lock:
+            active[0] += 1
+            peak[0] = max(peak[0], active[0])
+            seen_configs.append(federation_config)
+        _time.sleep(0.3)
+        try:
+            return inner(config, num_supernodes=num_supernodes, federation_config=federation_config, log=log)
+        finally:
+            with lock:
+                active[0] -= 1
+
+    out = tmp_path / "runs"
+    outcome = run_fake(out, runner, seeds=(0, 1, 2), jobs=2)
+    assert len(outcome.done) == 6 and not outcome.failed and peak[0] == 2
+    share = max(1, (os.cpu_count() or 1) // 2)
+    assert all(f"init-args-num-cpus={share}" in c and "num-supernodes=7" in c for c in seen_configs)
+    assert sorted(p.parent.name + "/" + p.parent.parent.name for p in out.glob("*/seed-*/results.json")) == sorted(
+        f"seed-{k}/{s}" for k in (0, 1, 2) for s in ("uniform", "hasa"))
+    assert json.loads((out / "sweep.json").read_text())["jobs"] == 2
+    assert run_fake(out, runner, seeds=(0, 1, 2), jobs=2).skipped and peak[0] == 2
+    assert job_resources("", 7, 1) == "num-supernodes=7"
