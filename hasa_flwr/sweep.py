@@ -471,10 +471,10 @@ def run_parallel(pending: list[Job], run_one: Callable[[Job], None], parallel: i
 
 
 def superlink_started() -> bool:
-    """Whether the local SuperLink's Control API port answers (the first run has started it)."""
+    """Whether the local SuperLink answers on its port (the first run has started it)."""
     import socket
 
-    port = int(os.environ.get("FLWR_LOCAL_CONTROL_API_PORT", "39093"))
+    port = int(os.environ.get("FLWR_LOCAL_SUPERLINK_HTTP_API_PORT", "39091"))
     with socket.socket() as sock:
         sock.settimeout(0.2)
         return sock.connect_ex(("127.0.0.1", port)) == 0
