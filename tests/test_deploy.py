@@ -85,7 +85,9 @@ def test_deploy_insecure_mixed_caps(tmp_path):
         results = [line.split("results: ", 1)[1] for line in proc.stdout.splitlines() if line.startswith("results: ")]
         res = check_results(Path(results[-1]))
         assert res["rejected_updates"] == []
-        assert all(c["accuracy"] is not None and c["full_width_accuracy"] is not None for c in res["clients"])
+        assert all(c["accuracy"] is not None for c in res["clients"])
+        # every device has a cap below 1: none receives (or builds) the full supernet
+        assert all(c["full_width_accuracy"] is None for c in res["clients"])
         assert "round 2: mean accuracy" in log and "(3 clients)" in log
     assert_all_stopped(marker)
 
