@@ -18,6 +18,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 
 from .config import Settings, settings_from_run_config
 from .data import LOCAL, ClientData, DataError, encode_split, node_image_data, read_vocab, text_split, vocab_hash
+from .data.cache import cached_split, cached_tensors, default_cache_dir
 from .data.files import resolve_path
 from .model_files import save_model
 from .train import OrderedDropout, evaluate, train
@@ -69,8 +70,16 @@ def client_data(settings: Settings, context: Context, expected_hash: str | None 
     key = (src, pid, path, name, vocab_hash(vocab))
     if key not in _ENCODED:
         _ENCODED.clear()  # one run's data at a time
-        _ENCODED[key] = encode_split(text_split(src, pid, path, name), vocab, src.max_title_words)
+        if pid == LOCAL:  # a device: every message is a fresh process, so prepare once, on disk
+            _ENCODED[key] = cached_tensors(src, path, name, vocab, cache_dir(context))
+        else:
+            _ENCODED[key] = encode_split(text_split(src, pid, path, name), vocab, src.max_title_words)
     return _ENCODED[key], len(vocab)
+
+
+def cache_dir(context: Context) -> Path:
+    configured = str(context.node_config.get("cache-dir", ""))
+    return Path(configured).expanduser() if configured else default_cache_dir()
 
 
 def input_shape(settings: Settings, data: ClientData) -> tuple[int, ...] | None:
@@ -99,7 +108,10 @@ def query_vocab(msg: Message, context: Context) -> Message:
     """The vocabulary round: this client's training word counts (nothing else of its data)."""
     settings = settings_from_run_config(context.run_config)
     pid, path, name = node_identity(settings, context)
-    split = text_split(settings.source, pid, path, name)
+    if pid == LOCAL:
+        split = cached_split(settings.source, path, name, cache_dir(context))
+    else:
+        split = text_split(settings.source, pid, path, name)
     counts = split.word_counts()
     words = sorted(counts)
     return Message(RecordDict({"info": ConfigRecord({"name": split.name, "words": words}),

@@ -394,3 +394,29 @@ def test_digits_partition_fixed_split_follows_seed():
     for ca, cb in zip(a.clients, b.clients):
         assert ca.n_train + ca.n_test == cb.n_train + cb.n_test  # same partition
     assert any(not torch.equal(ca.y_train, cb.y_train) for ca, cb in zip(a.clients, b.clients))
+
+
+def test_a_device_prepares_its_data_once(tmp_path):
+    """Warm devices: the second message's process loads the cached tensors without importing HF
+    datasets or pandas; a changed file gets a new cache entry."""
+    import subprocess
+    import sys
+
+    from hasa_flwr.data.cache import cached_tensors
+
+    path = write_formats(tmp_path / "dev")["csv"]
+    src = Source("text", seed=2)
+    vocab = ["<pad>", "<unk>", "how", "to", "the", "of"]
+    first = cached_tensors(src, str(path), "ux", vocab, tmp_path / "cache")
+    assert len(list((tmp_path / "cache").glob("tensors-*.pt"))) == 1
+    code = ("import sys, torch; from hasa_flwr.data import Source; from hasa_flwr.data.cache import cached_tensors; "
+            f"d = cached_tensors(Source('text', seed=2), {str(path)!r}, 'ux', {vocab!r}, __import__('pathlib').Path("
+            f"{str(tmp_path / 'cache')!r})); "
+            "print(int(d.y_train.sum()), [m for m in ('datasets', 'pandas', 'flwr_datasets') if m in sys.modules])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert out.stdout.split("[", 1)[1].strip() == "]", out.stdout
+    assert int(out.stdout.split()[0]) == int(first.y_train.sum())
+    path.write_text(path.read_text() + "How to the of\n")
+    second = cached_tensors(src, str(path), "ux", vocab, tmp_path / "cache")
+    assert len(list((tmp_path / "cache").glob("tensors-*.pt"))) == 2
+    assert second.x_train.shape[0] + second.x_test.shape[0] == first.x_train.shape[0] + first.x_test.shape[0] + 1

@@ -180,7 +180,8 @@ def test_deploy_tls_local_files_and_bad_devices(tmp_path):
     files = write_device_files(tmp_path / "devices")
     names = ("startup", "science", "humans")
     configs = [{"data-path": str(p), "client-name": n, "max-width": cap, "threads": 1,
-                "model-dir": str(p.parent / "models")} for p, n, cap in zip(files, names, CAPS)]
+                "model-dir": str(p.parent / "models"), "cache-dir": str(p.parent / "cache")}
+               for p, n, cap in zip(files, names, CAPS)]
     run_config = {**RUN, "dataset": "text", "data-path": "", "min-count": 1}
     with deployment(configs, tls=True, node_dirs=[p.parent for p in files]) as dep:
         marker = dep.marker
@@ -198,6 +199,10 @@ def test_deploy_tls_local_files_and_bad_devices(tmp_path):
         assert res["vocabulary"]["source"] == "round" and res["vocabulary"]["size"] > 100
         assert "word_counts" in res["privacy"]["server_saw_per_client"]
         assert [h["round"] for h in res["history"]] == [1, 2] and res["rejected_updates"] == []
+        # each device prepared its data once (split titles + tensors under the agreed vocabulary)
+        for path in files:
+            assert len(list((path.parent / "cache").glob("split-*.json"))) == 1
+            assert len(list((path.parent / "cache").glob("tensors-*.pt"))) == 1
         # each device stored its own final subnet (no wider than its width, so never above its cap)
         from hasa_flwr.model_files import load_model
 

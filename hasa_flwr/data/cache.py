@@ -1,0 +1,78 @@
+"""Warm devices: a device prepares its own data once per (file, settings) and keeps it on disk.
+
+In deployment every message runs in a fresh process; without this cache each one re-reads and
+re-encodes the device's file (importing HF `datasets` and pandas on the way). Two stages, keyed by
+what shapes them: (file sha256, text column, seed, test fraction, words per title, name) -> the
+split titles; + the agreed vocabulary's hash -> the tensors. A changed file or vocabulary simply
+gets new keys. Entries are written to a temp file and renamed, so a crash never leaves half a file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+
+from .clients import LOCAL, Source, text_split
+from .core import ClientData
+from .files import resolve_path
+from .text import TextSplit, encode_split, vocab_hash
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "hasa-flwr"
+
+
+def file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _split_key(src: Source, path: Path, name: str) -> str:
+    shape = [file_digest(path), src.text_column, src.seed, src.test_fraction, src.max_title_words, name]
+    return hashlib.sha256(json.dumps(shape).encode()).hexdigest()[:24]
+
+
+def _write(path: Path, write) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def cached_split(src: Source, node_path: str, node_name: str, cache_dir: Path) -> TextSplit:
+    """This device's split titles, from the cache when its file has not changed."""
+    path = resolve_path(node_path, "this device's data-path")
+    entry = cache_dir / f"split-{_split_key(src, path, node_name)}.json"
+    if entry.is_file():
+        raw = json.loads(entry.read_text())
+        return TextSplit(raw["name"], tuple(map(tuple, raw["train"])), tuple(map(tuple, raw["test"])))
+    split = text_split.__wrapped__(src, LOCAL, node_path, node_name)  # the file changed: never the memo
+    _write(entry, lambda tmp: Path(tmp).write_text(json.dumps(
+        {"name": split.name, "train": split.train, "test": split.test})))
+    return split
+
+
+def cached_tensors(src: Source, node_path: str, node_name: str, vocab: list[str], cache_dir: Path) -> ClientData:
+    """This device's tensors under the agreed vocabulary: read, not rebuilt, by every later message."""
+    path = resolve_path(node_path, "this device's data-path")
+    entry = cache_dir / f"tensors-{_split_key(src, path, node_name)}-{vocab_hash(vocab)}.pt"
+    if entry.is_file():
+        t = torch.load(entry, weights_only=True)
+        return ClientData(t["name"], t["x_train"], t["y_train"], t["x_test"], t["y_test"])
+    data = encode_split(cached_split(src, node_path, node_name, cache_dir), vocab, src.max_title_words)
+    _write(entry, lambda tmp: torch.save({"name": data.name, "x_train": data.x_train, "y_train": data.y_train,
+                                          "x_test": data.x_test, "y_test": data.y_test}, tmp))
+    return data
