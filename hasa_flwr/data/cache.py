@@ -18,13 +18,25 @@ from pathlib import Path
 import torch
 
 from .clients import LOCAL, Source, text_split
-from .core import ClientData
+from .core import ClientData, DataError
 from .files import resolve_path
 from .text import TextSplit, encode_split, vocab_hash
 
 
 def default_cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "hasa-flwr"
+
+
+def device_file(node_path: str, node_name: str) -> Path:
+    """The device's own file; an error names the device, as every other data error does."""
+    try:
+        path = resolve_path(node_path, "this device's data-path")
+    except DataError as err:
+        raise DataError(f"device {node_name or Path(node_path).stem!r}: {err}") from None
+    if not path.is_file():
+        raise DataError(f"device {node_name or path.stem!r}: this device's data-path {path} is not a file: point it "
+                        "at the device's own file")
+    return path
 
 
 def file_digest(path: Path) -> str:
@@ -54,7 +66,7 @@ def _write(path: Path, write) -> None:
 
 def cached_split(src: Source, node_path: str, node_name: str, cache_dir: Path) -> TextSplit:
     """This device's split titles, from the cache when its file has not changed."""
-    path = resolve_path(node_path, "this device's data-path")
+    path = device_file(node_path, node_name)
     entry = cache_dir / f"split-{_split_key(src, path, node_name)}.json"
     if entry.is_file():
         raw = json.loads(entry.read_text())
@@ -67,7 +79,7 @@ def cached_split(src: Source, node_path: str, node_name: str, cache_dir: Path) -
 
 def cached_tensors(src: Source, node_path: str, node_name: str, vocab: list[str], cache_dir: Path) -> ClientData:
     """This device's tensors under the agreed vocabulary: read, not rebuilt, by every later message."""
-    path = resolve_path(node_path, "this device's data-path")
+    path = device_file(node_path, node_name)
     entry = cache_dir / f"tensors-{_split_key(src, path, node_name)}-{vocab_hash(vocab)}.pt"
     if entry.is_file():
         t = torch.load(entry, weights_only=True)
