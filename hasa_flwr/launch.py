@@ -150,8 +150,8 @@ def flwr_run(app_dir: Path, overrides: dict[str, Any], *, num_supernodes: int, f
     path = results_dir / str(run_id) / "results.json" if run_id is not None else None
     if path is not None and not path.is_file():
         path = None
-    if path is None and seen["error"] is None and run_id is not None:
-        seen["error"] = app_error_from_log(run_id, connection, env, cwd)
+    if path is None and seen["error"] is None and run_id is not None and connection and proc.returncode == 0:
+        seen["error"] = app_error_from_log(run_id, connection, env, cwd)  # a deployed run that failed fast
     return RunOutcome(run_id, path, seen["error"], proc.returncode or 0)
 
 
@@ -162,7 +162,7 @@ def app_error_from_log(run_id: int, connection: str | None = None, env: dict[str
     try:
         shown = subprocess.run(["flwr", "log", str(run_id), *([connection] if connection else []), "--show"],
                                env=flwr_env(env), cwd=cwd, capture_output=True, text=True, stdin=subprocess.DEVNULL,
-                               timeout=60, check=False).stdout
+                               timeout=30, check=False).stdout
     except (OSError, subprocess.TimeoutExpired):
         return None
     errors = [m.group(1).strip() for line in shown.splitlines() if (m := APP_ERROR.search(line))]

@@ -180,7 +180,7 @@ def test_ctrl_c_stops_the_run_on_the_superlink(superlink, tmp_path):
                 break
         # keep draining: a full pipe would block the child's last writes and its exit
         threading.Thread(target=lambda: seen.extend(proc.stdout), daemon=True).start()
-        proc.wait(timeout=120)
+        proc.wait(timeout=300)  # `flwr stop` (up to 60 s) and teardown are slow on a loaded 2-core machine
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
