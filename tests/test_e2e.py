@@ -167,8 +167,11 @@ def test_ctrl_c_stops_the_run_on_the_superlink(superlink, tmp_path):
     config = {**SMALL, "num-server-rounds": 500, "results-dir": str(tmp_path / "results")}
     code = ("import sys; from pathlib import Path; from hasa_flwr.launch import flwr_run; "
             f"flwr_run(Path({str(ROOT)!r}), {config!r}, num_supernodes=7, log=sys.stdout)")
+    # a terminal delivers Ctrl-C; pytest itself may run with SIGINT ignored (e.g. started as a background
+    # job of a non-interactive shell), and an ignored SIGINT is inherited: restore the terminal's default
     proc = subprocess.Popen([sys.executable, "-c", code], env={**os.environ, **superlink}, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     seen, run_id = [], None
     try:
         for line in proc.stdout:
