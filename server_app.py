@@ -16,7 +16,8 @@ from hasa_flwr.data import DataError, vocab_hash
 from hasa_flwr.models import mac_cost
 from hasa_flwr.results import build_results, format_table, results_path, write_json_atomic
 from hasa_flwr.scores import scores_from_counts
-from hasa_flwr.run_models import CLIENTS, init_from, meta_for, prefix_state, save_run_models
+from hasa_flwr.run_models import CLIENTS, init_from, meta_for, save_run_models
+from hasa_flwr.subnet import prefix_state
 from hasa_flwr.strategy import (ClientInfo, FederationError, HasaStrategy, agree_vocabulary, deliver_subnets,
                                 query_losses, query_stats, wait_for_nodes)
 

@@ -18,7 +18,7 @@ from .allocation import RULES
 from .data import DATASETS, FederatedData, Source, load_federated
 from .models import build_model, full_sizes
 from .scores import SCORES
-from .subnet import EXTRACTIONS, extract, select_units
+from .subnet import EXTRACTIONS, prefix_state
 from .train import OPTIMIZERS
 
 # strategy -> (allocation rule, extraction); `allocation` / `extraction` keys override either axis
@@ -125,8 +125,7 @@ class Settings:
         """The deployable width-``width`` prefix subnet of a full supernet (what clients evaluate),
         for the full model's input shape."""
         sub = self.build(num_classes, width, getattr(full, "input_shape", None))
-        sub.load_state_dict(extract(full.state_dict(), full.slicing_spec(), select_units("prefix", width, self.sizes),
-                                    self.sizes))
+        sub.load_state_dict(prefix_state(full.state_dict(), full.slicing_spec(), self.sizes, width))
         return sub
 
     def initial_model(self, num_classes: int, input_shape: tuple[int, ...] | None = None) -> torch.nn.Module:

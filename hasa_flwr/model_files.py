@@ -114,15 +114,14 @@ class SavedModel:
         if not 0.0 < width <= self.width:
             raise ModelFileError(f"width {width:g} is outside (0, {self.width:g}]: this model holds width "
                                  f"{self.width:g}; choose a width in that range")
-        from .subnet import extract, select_units
+        from .subnet import prefix_state
 
         full = build_model(m["kind"], m["num_classes"], m["sizes"], 1.0, scaler=m["scaler"], input_shape=shape)
         if self.width != 1.0:
             raise ModelFileError(f"{self.folder} is a width-{self.width:g} subnet: slice other widths from the run's "
                                  "supernet (its model/ folder)")
         sub = build_model(m["kind"], m["num_classes"], m["sizes"], width, scaler=m["scaler"], input_shape=shape)
-        sub.load_state_dict(extract(self.state, full.slicing_spec(), select_units("prefix", width, m["sizes"]),
-                                    m["sizes"]))
+        sub.load_state_dict(prefix_state(self.state, full.slicing_spec(), m["sizes"], width))
         return sub.eval()
 
 

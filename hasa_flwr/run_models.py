@@ -14,7 +14,7 @@ import torch
 
 from .config import Settings
 from .model_files import SavedModel, client_folder_name, load_model, model_meta, save_model
-from .subnet import Spec, extract, select_units
+from .subnet import Spec, prefix_state
 
 CLIENTS = "clients"
 
@@ -32,11 +32,6 @@ def meta_for(settings: Settings, *, num_classes: int, input_shape: tuple[int, ..
                       width=width, input_shape=input_shape, vocab=vocab, class_names=class_names(settings),
                       max_title_words=settings.max_title_words if vocab is not None else None, clients=clients,
                       run_config=settings.to_dict(), run_id=run_id, client=client)
-
-
-def prefix_state(state: dict[str, torch.Tensor], spec: Spec, sizes: dict[str, int],
-                 width: float) -> dict[str, torch.Tensor]:
-    return extract(state, spec, select_units("prefix", width, sizes), sizes)
 
 
 def save_run_models(run_dir: Path, settings: Settings, state: dict[str, torch.Tensor], spec: Spec, *,

@@ -26,7 +26,7 @@ from .data import LOCAL, client_order, read_vocab, vocab_hash
 from .data.files import resolve_path
 from .data.text import build_vocab
 from .metrics import summarize
-from .subnet import Indices, Spec, extract, hash_seed, select_units
+from .subnet import Indices, Spec, extract, hash_seed, prefix_state, select_units
 
 
 class FederationError(RuntimeError):
@@ -180,7 +180,7 @@ def full_width_allowed(c: ClientInfo) -> bool:
 def query_losses(grid: Grid, clients: list[ClientInfo], arrays: ArrayRecord, width: float, timeout: float,
                  spec: Spec, sizes: dict[str, int], config: ConfigRecord | None = None) -> np.ndarray:
     """Mean training loss of the initial supernet's width-``width`` prefix on every client (score=loss)."""
-    prefix = ArrayRecord(extract(arrays.to_torch_state_dict(), spec, select_units("prefix", width, sizes), sizes))
+    prefix = ArrayRecord(prefix_state(arrays.to_torch_state_dict(), spec, sizes, width))
     content = RecordDict({"arrays": prefix, "config": ConfigRecord({**dict(config or {}), "width": width})})
     replies = ask(grid, {c.node_id: content for c in clients}, "query.loss", timeout)
     return np.array([float(replies[c.node_id]["metrics"]["loss"]) for c in clients])
@@ -332,8 +332,7 @@ class HasaStrategy(Strategy):
         state = arrays.to_torch_state_dict()
         self.outbox = []
         for node, c in self.clients.items():
-            content = {"arrays": ArrayRecord(extract(state, self.spec, select_units("prefix", c.width, self.sizes),
-                                                     self.sizes))}
+            content = {"arrays": ArrayRecord(prefix_state(state, self.spec, self.sizes, c.width))}
             full = final and full_width_allowed(c)
             if full:
                 content["full"] = arrays

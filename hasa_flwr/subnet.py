@@ -133,3 +133,9 @@ def open_grid(pos: list[torch.Tensor | None], shape: torch.Size) -> tuple[torch.
         view[dim] = -1
         grid.append(idx.view(view))
     return tuple(grid)
+
+
+def prefix_state(state: dict[str, torch.Tensor], spec: Spec, sizes: dict[str, int],
+                 width: float) -> dict[str, torch.Tensor]:
+    """The width-``width`` prefix of a full supernet's parameters: what a client deploys."""
+    return extract(state, spec, select_units("prefix", width, sizes), sizes)

@@ -4,7 +4,6 @@ the one-line errors for bad folders."""
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import numpy as np
@@ -12,15 +11,14 @@ import pytest
 import torch
 from flwr.app import ConfigRecord, MetricRecord, RecordDict
 from PIL import Image
-from test_models import C1, C2, CASES, CLASSES, cnn_reference, random_subset, randomize
+from test_models import C1, C2, CASES, CLASSES, cnn_exactness_case
 
 from hasa_flwr.config import Settings
 from hasa_flwr.data import LOCAL, DataError, Source, client_order, images_client, load_federated, vocab_hash
 from hasa_flwr.data.images import dirichlet_rows
 from hasa_flwr.launch import app_defaults
-from hasa_flwr.models import WidthCNN, build_model, mac_cost
+from hasa_flwr.models import WidthCNN, mac_cost
 from hasa_flwr.strategy import FederationError, agreed_images
-from hasa_flwr.subnet import extract
 
 ROOT = Path(__file__).resolve().parents[1]
 CLASSES3 = ("cat", "dog", "fox")
@@ -286,18 +284,9 @@ def test_settings_build_for_the_data_shape():
 def test_cnn_extracted_subnet_is_exact_for_other_shapes(kind, width, shape):
     """test_models' exactness property for images other than 8x8 gray (odd sides pool to floor)."""
     channels, height, wide = shape
-    full = randomize(WidthCNN(CLASSES, C1, C2, in_channels=channels, image_size=(height, wide)), seed=6)
-    sizes = {"c1": C1, "c2": C2}
-    k1, k2 = max(1, math.floor(width * C1 + 1e-9)), max(1, math.floor(width * C2 + 1e-9))
-    if kind == "prefix":
-        idx = {"c1": torch.arange(k1), "c2": torch.arange(k2)}
-    else:
-        idx = {"c1": random_subset(C1, k1, 7), "c2": random_subset(C2, k2, 8)}
-    sub = build_model("cnn", CLASSES, sizes, width, input_shape=shape)
-    sub.load_state_dict(extract(full.state_dict(), full.slicing_spec(), idx, sizes), strict=True)
+    _, sub, ref, k1, k2 = cnn_exactness_case(kind, width, shape)
     assert sub.features[0].weight.shape == (k1, channels, 3, 3)
     assert sub.head.weight.shape == (CLASSES, k2 * (height // 2) * (wide // 2))
-    ref = cnn_reference(full, idx["c1"], idx["c2"])
     x = torch.randn(16, *shape, generator=torch.Generator().manual_seed(9))
     for mode in (True, False):
         for m in (sub, ref):

@@ -162,23 +162,30 @@ def cnn_reference(full: WidthCNN, c1_idx: torch.Tensor, c2_idx: torch.Tensor) ->
     return ref
 
 
-@pytest.mark.parametrize("kind,width", CASES)
-@pytest.mark.parametrize("mode", ["train", "eval"])
-def test_cnn_extracted_subnet_is_exact(kind, width, mode):
-    full = randomize(WidthCNN(CLASSES, C1, C2), seed=6)
+def cnn_exactness_case(kind: str, width: float, shape: tuple[int, int, int] = (1, 8, 8)):
+    """A random full CNN for ``shape``, the units of a ``kind`` subnet of ``width``, that subnet loaded
+    with the extracted parameters, and the reference with the other units removed."""
+    channels, height, wide = shape
+    full = randomize(WidthCNN(CLASSES, C1, C2, in_channels=channels, image_size=(height, wide)), seed=6)
     sizes = {"c1": C1, "c2": C2}
     k1, k2 = max(1, math.floor(width * C1 + 1e-9)), max(1, math.floor(width * C2 + 1e-9))
     if kind == "prefix":
         idx = {"c1": torch.arange(k1), "c2": torch.arange(k2)}
     else:
         idx = {"c1": random_subset(C1, k1, 7), "c2": random_subset(C2, k2, 8)}
-    sub = build_model("cnn", CLASSES, sizes, width)
+    sub = build_model("cnn", CLASSES, sizes, width, input_shape=shape)
     sub.load_state_dict(extract(full.state_dict(), full.slicing_spec(), idx, sizes), strict=True)
+    return full, sub, cnn_reference(full, idx["c1"], idx["c2"]), k1, k2
+
+
+@pytest.mark.parametrize("kind,width", CASES)
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_cnn_extracted_subnet_is_exact(kind, width, mode):
+    full, sub, ref, k1, k2 = cnn_exactness_case(kind, width)
     assert sub.features[0].weight.shape == (k1, 1, 3, 3)
     assert sub.features[4].weight.shape == (k2, k1, 3, 3)
     assert sub.features[6].weight.shape == (k2,)
     assert sub.head.weight.shape == (CLASSES, k2 * 16)
-    ref = cnn_reference(full, idx["c1"], idx["c2"])
     for m in (sub, ref, full):
         m.train(mode == "train")
     x = torch.randn(16, 1, 8, 8, generator=torch.Generator().manual_seed(9))
