@@ -17,9 +17,8 @@ from pathlib import Path
 
 import torch
 
-from .clients import LOCAL, Source, text_split
+from .clients import LOCAL, Source, device_path, for_device, text_split
 from .core import ClientData, DataError
-from .files import resolve_path
 from .text import TextSplit, encode_split, vocab_hash
 
 
@@ -28,15 +27,11 @@ def default_cache_dir() -> Path:
 
 
 def device_file(node_path: str, node_name: str) -> Path:
-    """The device's own file; an error names the device, as every other data error does."""
+    """The device's own file; an error names the device, as text_split's do."""
     try:
-        path = resolve_path(node_path, "this device's data-path")
+        return device_path(node_path)
     except DataError as err:
-        raise DataError(f"device {node_name or Path(node_path).stem!r}: {err}") from None
-    if not path.is_file():
-        raise DataError(f"device {node_name or path.stem!r}: this device's data-path {path} is not a file: point it "
-                        "at the device's own file")
-    return path
+        raise for_device(err, node_path, node_name) from None
 
 
 def file_digest(path: Path) -> str:

@@ -76,9 +76,7 @@ def _column_partitions(path: Path, client_column: str, text_column: str) -> tupl
 def _raw_titles(src: Source, partition_id: int, node_path: str, node_name: str) -> tuple[str, list[str], str]:
     """(client name, raw titles, where they came from) for one node."""
     if partition_id == LOCAL:
-        path = resolve_path(node_path, "this device's data-path")
-        if path.is_dir():
-            raise DataError(f"this device's data-path {path} is a folder: point it at the device's own file")
+        path = device_path(node_path)
         return node_name or path.stem, read_column(path, src.text_column), str(path)
     if src.dataset == "synthetic":
         name, titles = synthetic_titles(src.num_clients)[partition_id]
@@ -101,6 +99,19 @@ def _raw_titles(src: Source, partition_id: int, node_path: str, node_name: str) 
     return name, list(titles), f"{path} ({src.client_column}={name!r})"
 
 
+def device_path(node_path: str) -> Path:
+    """A device's own file (its node config data-path): a file, never a folder."""
+    path = resolve_path(node_path, "this device's data-path")
+    if path.is_dir():
+        raise DataError(f"this device's data-path {path} is a folder: point it at the device's own file")
+    return path
+
+
+def for_device(err: DataError, node_path: str, node_name: str) -> DataError:
+    """A device's data error, prefixed with the device's name so the server's one line says whose it is."""
+    return DataError(f"device {node_name or Path(node_path).stem or '(unnamed)'!r}: {err}")
+
+
 @lru_cache(maxsize=64)
 def text_split(src: Source, partition_id: int, node_path: str = "", node_name: str = "") -> TextSplit:
     """This node's cleaned titles, split by the run seed: derived from its own data alone."""
@@ -109,8 +120,7 @@ def text_split(src: Source, partition_id: int, node_path: str = "", node_name: s
     except DataError as err:
         if partition_id != LOCAL:
             raise
-        device = node_name or Path(node_path).stem or "(unnamed)"
-        raise DataError(f"device {device!r}: {err}") from None
+        raise for_device(err, node_path, node_name) from None
     titles = usable_titles(raw, src.max_title_words)
     if len(titles) < 2:
         raise DataError(f"client {name!r} ({origin}) has {len(titles)} usable titles (two or more words after "
