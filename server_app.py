@@ -17,6 +17,7 @@ from hasa_flwr.models import mac_cost
 from hasa_flwr.results import build_results, format_table, results_path, write_json_atomic
 from hasa_flwr.scores import scores_from_counts
 from hasa_flwr.run_models import CLIENTS, init_from, meta_for, save_run_models
+from hasa_flwr.secure_stats import SecureSum, left_out, secure_scores, secure_vocabulary
 from hasa_flwr.subnet import prefix_state
 from hasa_flwr.strategy import (ClientInfo, FederationError, HasaStrategy, agree_vocabulary, deliver_subnets,
                                 query_losses, query_stats, wait_for_nodes)
@@ -41,13 +42,18 @@ def main(grid: Grid, context: Context) -> None:
 def run(grid: Grid, context: Context) -> None:
     settings = settings_from_run_config(context.run_config)
     nodes = wait_for_nodes(grid, settings.num_clients, settings.wait_seconds)
-    vocab, vocab_source = vocabulary_round(grid, nodes, settings)
+    secure: list[SecureSum] = []   # the SecAgg+ rounds (secure-stats), for results.json's privacy block
+    dropped: list[dict] = []       # devices lost before training
+    vocab, vocab_source = vocabulary_round(grid, context, nodes, settings, secure, dropped)
+    nodes = [n for n in nodes if n not in {d["node"] for d in dropped}]
     clients, num_classes, input_shape = query_stats(grid, nodes, settings.num_clients, settings.dataset,
-                                                    settings.round_timeout, vocab, send_words=vocab_source == "round")
+                                                    settings.round_timeout, vocab, send_words=vocab_source != "file")
     config = ConfigRecord({"vocab-hash": vocab_hash(vocab)} if vocab else {})
     model = initial_supernet(settings, num_classes, input_shape, vocab)
     initial = ArrayRecord(model.state_dict())
-    allocation = allocation_round(grid, settings, clients, model, initial, config)
+    scores = scores_round(grid, context, settings, clients, model, initial, config, secure, dropped)
+    clients = [c for c in clients if c.node_id in scores]
+    allocation = allocation_round(settings, clients, np.array([scores[c.node_id] for c in clients]), model)
 
     strategy = HasaStrategy(clients, model.slicing_spec(), settings.sizes, extraction=settings.extraction,
                             aggregation=settings.aggregation, seed=settings.seed, num_rounds=settings.num_rounds,
@@ -59,8 +65,9 @@ def run(grid: Grid, context: Context) -> None:
     final = result.arrays.to_torch_state_dict()
     roster = [{"name": c.name, "partition_id": c.partition_id, "width": c.width, "cap": c.cap} for c in clients]
     results = build_results(settings, clients, allocation, strategy.history, strategy.rejected, run_id=context.run_id,
-                            vocab=vocab, vocab_source=vocab_source)
+                            vocab=vocab, vocab_source=vocab_source, secure=[s.record() for s in secure])
     results["exchanges"] = strategy.exchanges
+    results["dropped"] = dropped
     if settings.save_model:
         models = save_run_models(path.parent, settings, final, model.slicing_spec(), num_classes=num_classes,
                                  input_shape=input_shape, vocab=vocab, clients=roster, run_id=context.run_id)
@@ -92,26 +99,47 @@ def delivery_round(grid: Grid, settings: Settings, clients: list[ClientInfo], fi
     return deliver_subnets(grid, clients, subnets, run_id, settings.round_timeout)
 
 
-def vocabulary_round(grid: Grid, nodes: list[int], settings: Settings) -> tuple[list[str] | None, str | None]:
-    """Text only: the words every client encodes with (pooled counts, or the shared vocab-path)."""
+def vocabulary_round(grid: Grid, context: Context, nodes: list[int], settings: Settings, secure: list[SecureSum],
+                     dropped: list[dict]) -> tuple[list[str] | None, str | None]:
+    """Text only: the words every client encodes with: the shared vocab-path ("file"), pooled
+    clear counts ("round"), or under secure-stats a SecAgg+ sum over public candidates ("secure")."""
     if settings.source.kind != "text":
         return None, None
     try:
+        if settings.secure_stats and not settings.vocab_path:
+            vocab, pooled = secure_vocabulary(grid, context, nodes, settings)
+            secure.append(pooled)
+            dropped += left_out(nodes, pooled.nodes, settings, "vocab")
+            return vocab, "secure"
         return agree_vocabulary(grid, nodes, settings.vocab_path, settings.min_count, settings.round_timeout)
-    except DataError as err:  # the server's own copy of vocab-path
+    except DataError as err:  # the server's own copy of vocab-path or vocab-candidates
         raise FederationError(f"server: {err}") from None
 
 
-def allocation_round(grid: Grid, settings: Settings, clients: list[ClientInfo], model, initial: ArrayRecord,
-                     config: ConfigRecord) -> Allocation:
-    """Scores (from the query round, or a loss query) -> widths under the budget; stored on ``clients``."""
+def scores_round(grid: Grid, context: Context, settings: Settings, clients: list[ClientInfo], model,
+                 initial: ArrayRecord, config: ConfigRecord, secure: list[SecureSum],
+                 dropped: list[dict]) -> dict[int, float]:
+    """Each client's heterogeneity score (node -> score): from the query round's label counts, or
+    computed by the clients themselves (secure-stats, and loss)."""
     if settings.score == "loss":
-        scores = query_losses(grid, clients, initial, settings.budget, settings.round_timeout, model.slicing_spec(),
+        losses = query_losses(grid, clients, initial, settings.budget, settings.round_timeout, model.slicing_spec(),
                               settings.sizes, config)
-    elif settings.score == "given":
-        scores = np.array([settings.score_values[c.partition_id] for c in clients])
-    else:
-        scores = scores_from_counts(settings.score, np.stack([c.label_counts for c in clients]), settings.seed)
+        return dict(zip((c.node_id for c in clients), losses))
+    if settings.score == "given":
+        return {c.node_id: settings.score_values[c.partition_id] for c in clients}
+    if settings.secure_stats and settings.score in ("jsd", "entropy"):
+        scores, pooled = secure_scores(grid, context, clients, settings, config)
+        if pooled is not None:
+            secure.append(pooled)
+            dropped += left_out([c.node_id for c in clients], pooled.nodes, settings, "labels")
+        return scores
+    counts = np.stack([c.label_counts for c in clients]) if clients[0].label_counts is not None else \
+        np.zeros((len(clients), 1))  # score=random under secure-stats: no counts were sent
+    return dict(zip((c.node_id for c in clients), scores_from_counts(settings.score, counts, settings.seed)))
+
+
+def allocation_round(settings: Settings, clients: list[ClientInfo], scores: np.ndarray, model) -> Allocation:
+    """Scores -> widths under the budget; stored on ``clients``."""
     for c in clients:  # a SuperNode's own max-width wins over the run config's list
         c.cap = c.node_cap if c.node_cap is not None else settings.width_caps[c.partition_id]
     allocation = allocate(settings.allocation, scores, np.array([c.n_train for c in clients]),

@@ -74,6 +74,15 @@ def cmd_vocab(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_candidates(args: argparse.Namespace) -> int:
+    from .data.prepare import candidate_words, write_vocab
+
+    words = candidate_words(args.source, args.top)
+    path = write_vocab(words, args.out)
+    print(f"candidates: {len(words)} public words ({args.source}) in {path.absolute()}")
+    return 0
+
+
 def cmd_grid(args: argparse.Namespace) -> int:
     from .grid import read_grid, run_grid
     from .sweep import parse_seeds
@@ -294,6 +303,17 @@ def build_parser() -> argparse.ArgumentParser:
     vo.add_argument("--test-fraction", type=float, default=0.2, help="as the run config's (default 0.2)")
     vo.add_argument("--max-title-words", type=int, default=24, help="as the run config's (default 24)")
     vo.set_defaults(func=cmd_vocab)
+
+    ca = sub.add_parser("candidates", help="public candidate words (run config vocab-candidates) for secure-stats",
+                        description="Under secure-stats the vocabulary is the candidates whose pooled training count "
+                                    "(a SecAgg+ sum) reaches min-count: the server learns pooled counts of public "
+                                    "words, never one client's. Every party reads the same file.")
+    ca.add_argument("--out", required=True, help="word list to write (one word per line)")
+    ca.add_argument("--from", dest="source", default="wordfreq", choices=("wordfreq", "synthetic"),
+                    help="wordfreq: the most frequent English words (pip install wordfreq); synthetic: the built-in "
+                         "synthetic language")
+    ca.add_argument("--top", type=int, default=50000, help="how many words (default 50000)")
+    ca.set_defaults(func=cmd_candidates)
 
     gr = sub.add_parser("grid", help="a research map: every cell of a grid file x its arms x seeds (resumable)",
                         description="Runs <out>/<cell>/<arm>/seed-<k>/results.json, seed-major over the whole grid, "

@@ -11,16 +11,21 @@ from __future__ import annotations
 
 import json
 import os
+import zlib
 from pathlib import Path
 
+import numpy as np
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 
 from .config import Settings, settings_from_run_config
-from .data import LOCAL, ClientData, DataError, encode_split, node_image_data, read_vocab, text_split, vocab_hash
+from .data import (LOCAL, ClientData, DataError, encode_split, node_image_data, read_candidates, read_vocab,
+                   text_split, vocab_hash)
 from .data.cache import cached_split, cached_tensors, default_cache_dir
 from .data.files import resolve_path
 from .model_files import save_model
+from .scores import entropy_scores, jsd_to_pooled
+from .subnet import hash_seed
 from .train import OrderedDropout, evaluate, train
 
 VOCAB_STATE = "hasa.vocab"  # context.state key: the agreed vocabulary persists per node across messages
@@ -104,15 +109,22 @@ def checked_width(context: Context, width: float) -> float:
     return width
 
 
-def query_vocab(msg: Message, context: Context) -> Message:
-    """The vocabulary round: this client's training word counts (nothing else of its data)."""
-    settings = settings_from_run_config(context.run_config)
+def own_split(settings: Settings, context: Context):
+    """This client's cleaned, split titles (a device: from its cache)."""
     pid, path, name = node_identity(settings, context)
     if pid == LOCAL:
-        split = cached_split(settings.source, path, name, cache_dir(context))
-    else:
-        split = text_split(settings.source, pid, path, name)
+        return cached_split(settings.source, path, name, cache_dir(context))
+    return text_split(settings.source, pid, path, name)
+
+
+def query_vocab(msg: Message, context: Context) -> Message:
+    """The vocabulary round: this client's training word counts (nothing else of its data). Under
+    secure-stats only its number of training words, which bounds its counts for the secure sum."""
+    settings = settings_from_run_config(context.run_config)
+    split = own_split(settings, context)
     counts = split.word_counts()
+    if settings.secure_stats:
+        return Message(RecordDict({"sizes": MetricRecord({"tokens": int(sum(counts.values()))})}), reply_to=msg)
     words = sorted(counts)
     return Message(RecordDict({"info": ConfigRecord({"name": split.name, "words": words}),
                                "counts": MetricRecord({"counts": [int(counts[w]) for w in words]})}), reply_to=msg)
@@ -138,9 +150,10 @@ def query_stats(msg: Message, context: Context) -> Message:
         "n-test": data.n_test,
         "n-train-rows": data.n_train_rows,
         "num-classes": num_classes,
-        "label-counts": [int(v) for v in data.label_counts(num_classes)],
         "max-width": float(node.get("max-width", -1.0)),
     })
+    if not settings.secure_stats:  # under secure-stats the histogram leaves only inside a SecAgg+ sum
+        stats["label-counts"] = [int(v) for v in data.label_counts(num_classes)]
     info = ConfigRecord({"name": data.name})
     if settings.source.kind == "image":  # the server builds the CNN for this shape; the hash catches other classes
         stats["input-shape"] = [int(v) for v in input_shape(settings, data)]
@@ -157,6 +170,67 @@ def _data_for(msg: Message, context: Context) -> tuple[Settings, ClientData, int
     expected = str(cfg["vocab-hash"]) if "vocab-hash" in cfg else None
     data, num_classes = client_data(settings, context, expected)
     return settings, data, num_classes
+
+
+def query_score(msg: Message, context: Context) -> Message:
+    """secure-stats: this client's own score from its own histogram (jsd: against the pooled one the
+    server sent); only the scalar goes back."""
+    settings = settings_from_run_config(context.run_config)
+    cfg = msg.content["config"]
+    data, num_classes = client_data(settings, context, str(cfg["vocab-hash"]) if "vocab-hash" in cfg else None)
+    own = data.label_counts(num_classes)[None, :]
+    if str(cfg["score"]) == "jsd":
+        score = jsd_to_pooled(own, np.asarray(msg.content["pooled"]["counts"], dtype=np.int64))[0]
+    elif str(cfg["score"]) == "entropy":
+        score = entropy_scores(own)[0]
+    else:
+        raise ValueError(f"score '{cfg['score']}' is not computed by the client: use jsd or entropy")
+    return Message(RecordDict({"metrics": MetricRecord({"score": float(score)})}), reply_to=msg)
+
+
+def secure_statistics_mod(msg: Message, context: Context, call_next) -> Message:
+    """Flower's secaggplus_mod on the train handler, for the secure statistics rounds only: an
+    ordinary train message (no SecAgg+ configs) passes straight to training."""
+    from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS
+
+    if RECORD_KEY_CONFIGS not in msg.content.config_records:
+        return call_next(msg, context)
+    from flwr.client.mod import secaggplus_mod  # only these rounds pay for the cryptography imports
+
+    return secaggplus_mod(msg, context, secure_contribution)
+
+
+def secure_contribution(msg: Message, context: Context) -> Message:
+    """This client's count vector divided by the server's public bound, as the FitRes SecAgg+
+    masks: its word counts over the candidate words, or its label histogram."""
+    import flwr.compat.common.recorddict_compat as compat
+    from flwr.common import Code, FitRes, Status, ndarrays_to_parameters
+
+    settings = settings_from_run_config(context.run_config)
+    if not settings.secure_stats:
+        raise ValueError("this client got a secure statistics round but its run config has secure-stats off")
+    cfg = msg.content.config_records["fitins.config"]
+    what, scale = str(cfg["hasa-secure"]), float(cfg["scale"])
+    if what == "vocab":
+        candidates = read_candidates(resolve_path(settings.vocab_candidates, "vocab-candidates"))
+        if vocab_hash(candidates) != str(cfg["candidates-hash"]):
+            raise DataError("this device's vocab-candidates file differs from the server's: give every party the "
+                            "same file")
+        split = own_split(settings, context)
+        counts, name = split.word_counts(), split.name
+        vector = np.array([counts.get(w, 0) for w in candidates], dtype=np.float64)
+    elif what == "labels":
+        data, num_classes = client_data(settings, context, str(cfg["vocab-hash"]) if "vocab-hash" in cfg else None)
+        vector, name = data.label_counts(num_classes).astype(np.float64), data.name
+    else:
+        raise ValueError(f"unknown secure statistic '{what}'")
+    if vector.max(initial=0.0) > scale:
+        raise ValueError(f"a count ({vector.max():.0f}) exceeds the secure round's bound ({scale:g}): the server's "
+                         "bound is wrong")
+    # SecAgg+ quantises stochastically with the global np.random: seeded, the run is reproducible
+    np.random.seed(hash_seed(settings.seed, zlib.crc32(what.encode()), zlib.crc32(name.encode())) % 2**32)
+    fitres = FitRes(Status(Code.OK, ""), ndarrays_to_parameters([vector / scale]), num_examples=1, metrics={})
+    return Message(compat.fitres_to_recorddict(fitres, False), reply_to=msg)
 
 
 def query_loss(msg: Message, context: Context) -> Message:

@@ -76,6 +76,9 @@ class Settings:
     save_model: bool = True            # the supernet and every client's subnet next to results.json
     init_from: str = ""                # a saved supernet (model folder or run folder) to start from
     class_names: str = ""              # images: "cat,dog,..." (label = index); "" = each client's class folders
+    secure_stats: bool = False         # count vectors only as SecAgg+ sums; clients compute their own scores
+    vocab_candidates: str = ""         # secure-stats: public candidate words whose pooled counts make the vocabulary
+    min_train_clients: int = 0         # the fewest clients the run goes on with (0 = every client: strict)
 
     @property
     def model(self) -> str:
@@ -85,6 +88,11 @@ class Settings:
     def sizes(self) -> dict[str, int]:
         """Full sizes of the supernet's scalable dimensions."""
         return full_sizes(self.model, self.embed_dim, self.hidden_dim)
+
+    @property
+    def min_clients(self) -> int:
+        """A device lost before training (e.g. during a secure round) is left out while this many remain."""
+        return self.min_train_clients or self.num_clients
 
     @property
     def fused_evaluation(self) -> bool:
@@ -245,4 +253,28 @@ def settings_from_run_config(rc: dict[str, Any]) -> Settings:
         init_from=str(rc["init-from"]),
         save_model=bool(rc["save-model"]),
         one_exchange=bool(rc["one-exchange"]),
+        secure_stats=secure_stats(rc, num_clients),
+        vocab_candidates=str(rc["vocab-candidates"]),
+        min_train_clients=min_train_clients(rc, num_clients),
     )
+
+
+def secure_stats(rc: dict[str, Any], num_clients: int) -> bool:
+    """secure-stats needs >= 3 clients (with two, each learns the other's counts from the pooled
+    ones) and, for text, a vocabulary that is not made from clear word counts."""
+    if not bool(rc["secure-stats"]):
+        return False
+    if num_clients < 3:
+        raise ValueError(f"secure-stats needs at least 3 clients, got num-clients={num_clients}: with two, each "
+                         "could subtract its own counts from the pooled ones; turn secure-stats off")
+    if str(rc["dataset"]) in ("synthetic", "text") and not str(rc["vocab-path"]) and not str(rc["vocab-candidates"]):
+        raise ValueError("secure-stats on text needs vocab-path (a shared vocabulary) or vocab-candidates (public "
+                         "words whose pooled counts are summed securely; `hasa candidates --out FILE` writes one)")
+    return True
+
+
+def min_train_clients(rc: dict[str, Any], num_clients: int) -> int:
+    value = int(rc["min-train-clients"])
+    if not 0 <= value <= num_clients:
+        raise ValueError(f"min-train-clients must be 0 (every client) or 1..num-clients ({num_clients}), got {value}")
+    return value

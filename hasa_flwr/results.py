@@ -15,27 +15,38 @@ from .metrics import summarize
 from .strategy import ClientInfo
 
 
-def privacy(settings: Settings, vocab_source: str | None) -> dict[str, Any]:
-    """What the server learned about each client, and what each client learned from the federation."""
+def privacy(settings: Settings, vocab_source: str | None, secure: list[dict] | None = None) -> dict[str, Any]:
+    """What the server learned about each client, what it learned only as a federation-wide sum
+    (secure-stats: SecAgg+), and what each client learned from the federation."""
     seen = ["name", "n_train", "n_test", "n_train_rows", "max_width"]
-    if settings.score in ("jsd", "entropy", "random", "given"):
-        seen.append("label_counts")  # sent in the query round (the scores are computed from them)
+    clear_counts = not settings.secure_stats
+    if clear_counts:
+        seen.append("label_counts")  # sent in the query round (the server computes the scores from them)
+    elif settings.score in ("jsd", "entropy"):
+        seen.append("score")  # each client computes its own and sends only the scalar
     if settings.score == "loss":
-        seen += ["label_counts", "initial_loss"]
+        seen.append("initial_loss")
     if vocab_source == "round":
         seen.append("word_counts")
+    if vocab_source == "secure":
+        seen.append("training_word_total")  # the bound on its counts for the secure sum
     if settings.source.kind == "image":
         seen += ["input_shape", "class_names_hash"]  # the query round: the CNN's shape, the class-list check
-    seen += ["trained_subnet_parameters", "test_accuracy", "test_loss", "train_loss"]
+    seen += ["trained_subnet_parameters", "test_accuracy", "test_top3", "test_loss", "majority_accuracy", "train_loss"]
+    pooled = {"vocab": "word_counts_of_public_candidates", "labels": "label_histogram"}
     received = ["supernet_prefix_or_subset_at_own_width", "allocated_width", "run_config"]
     if vocab_source:
-        received.append("vocabulary" if vocab_source == "round" else "vocabulary_hash (words from vocab-path)")
-    return {"server_saw_per_client": sorted(set(seen)), "client_received": received}
+        received.append("vocabulary_hash (words from vocab-path)" if vocab_source == "file" else "vocabulary")
+    if any(r["what"] == "labels" for r in secure or []):
+        received.append("pooled_label_histogram")
+    return {"secure_stats": settings.secure_stats, "server_saw_per_client": sorted(set(seen)),
+            "server_saw_pooled_only": sorted({pooled[r["what"]] for r in secure or []}),
+            "client_received": received, "secure_rounds": list(secure or [])}
 
 
 def build_results(settings: Settings, clients: list[ClientInfo], allocation: Allocation, history: list[dict],
                   rejected: list[dict], *, run_id: int, vocab: list[str] | None = None,
-                  vocab_source: str | None = None) -> dict[str, Any]:
+                  vocab_source: str | None = None, secure: list[dict] | None = None) -> dict[str, Any]:
     rows = [{"partition_id": c.partition_id, "name": c.name, "n_train": c.n_train, "n_test": c.n_test,
              "n_train_rows": c.n_train_rows, "score": c.score, "rank": c.rank, "width": c.width, "cap": c.cap,
              "accuracy": c.metrics.get("accuracy"), "top3": c.metrics.get("top3"), "loss": c.metrics.get("loss"),
@@ -56,7 +67,7 @@ def build_results(settings: Settings, clients: list[ClientInfo], allocation: All
         "summary": summarize(evaluated) if evaluated else None,
         "vocabulary": None if vocab is None else {"size": len(vocab), "hash": vocab_hash(vocab),
                                                   "source": vocab_source},
-        "privacy": privacy(settings, vocab_source),
+        "privacy": privacy(settings, vocab_source, secure),
         "history": history,
         "rejected_updates": rejected,
     }

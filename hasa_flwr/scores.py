@@ -28,8 +28,18 @@ def jsd_scores(counts: np.ndarray, alpha: float = 1.0) -> np.ndarray:
     counts = np.asarray(counts)
     if counts.ndim != 2 or (counts < 0).any():
         raise ValueError("counts must be a non-negative [clients, labels] array")
+    return jsd_to_pooled(counts, counts.sum(axis=0), alpha)
+
+
+def jsd_to_pooled(counts: np.ndarray, pooled: np.ndarray, alpha: float = 1.0) -> np.ndarray:
+    """The JSD score of each row of ``counts`` against given pooled counts: what a client computes
+    itself under secure-stats, where only the pooled histogram (a secure sum) is shared."""
+    counts, pooled = np.asarray(counts), np.asarray(pooled)
+    if pooled.shape != counts.shape[-1:] or (pooled < 0).any():
+        raise ValueError(f"the pooled histogram has shape {pooled.shape}, the client's {counts.shape[-1:]}: both must "
+                         "count the same labels (the same vocabulary)")
     p = smoothed(counts, alpha)
-    q = smoothed(counts.sum(axis=0), alpha)[None, :]
+    q = smoothed(pooled, alpha)[None, :]
     m = 0.5 * (p + q)
     return 0.5 * kl(p, m) + 0.5 * kl(q, m)
 

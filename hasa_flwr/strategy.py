@@ -42,7 +42,7 @@ class ClientInfo:
     name: str
     n_train: int
     n_test: int
-    label_counts: np.ndarray
+    label_counts: np.ndarray | None  # None under secure-stats: the histogram stays on the device
     node_cap: float | None          # the SuperNode's own `max-width`, if it set one
     n_train_rows: int = 0           # training titles/images: what the server numbers clients by
     cap: float = 1.0
@@ -125,7 +125,8 @@ def query_stats(grid: Grid, nodes: list[int], num_clients: int, dataset: str, ti
         pids.append(int(m["partition-id"]))
         clients.append(ClientInfo(node_id=node, partition_id=-1, name=str(c["name"]),
                                   n_train=int(m["n-train"]), n_test=int(m["n-test"]),
-                                  label_counts=np.asarray(m["label-counts"], dtype=np.int64),
+                                  label_counts=np.asarray(m["label-counts"], dtype=np.int64)
+                                  if "label-counts" in m else None,
                                   node_cap=cap if cap > 0 else None, n_train_rows=int(m["n-train-rows"])))
         num_classes.add(int(m["num-classes"]))
     given = sorted(p for p in pids if p != LOCAL)

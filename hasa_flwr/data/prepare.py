@@ -14,7 +14,7 @@ from pathlib import Path
 from .clients import LOCAL, Source, federation_vocab, text_split
 from .core import DataError
 from .files import SUFFIXES, client_files, read_table, resolve_path
-from .text import PAD, UNK
+from .text import PAD, UNK, clean_title
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -75,6 +75,30 @@ def vocab_from_files(paths: list[str], *, text_column: str = "title", min_count:
     if len(vocab) <= 2:
         raise DataError(f"no word reaches min-count {min_count} in {len(files)} file(s): lower --min-count")
     return vocab
+
+
+def candidate_words(source: str, top: int) -> list[str]:
+    """Public candidate words for secure-stats, cleaned as titles are: the ``top`` most frequent
+    English words of the `wordfreq` package, or the synthetic language's words."""
+    if source == "synthetic":
+        from .synthetic import synthetic_words
+        raw = synthetic_words()
+    elif source == "wordfreq":
+        try:
+            from wordfreq import top_n_list
+        except ImportError:
+            raise DataError("--from wordfreq needs the wordfreq package: pip install wordfreq") from None
+        raw = top_n_list("en", top)
+    else:
+        raise DataError(f"unknown candidate source '{source}': choose wordfreq or synthetic")
+    words: list[str] = []
+    seen: set[str] = set()
+    for w in raw:
+        for clean in clean_title(w):
+            if clean not in seen:
+                seen.add(clean)
+                words.append(clean)
+    return words[:top]
 
 
 def write_vocab(vocab: list[str], out: str | Path) -> Path:

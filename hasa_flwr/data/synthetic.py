@@ -95,6 +95,13 @@ def _markov_titles(rng: np.random.Generator, words: list[str], grammar: tuple[np
     return [" ".join(words[i] for i in row[:length]) for row, length in zip(walk, lengths)]
 
 
+def synthetic_words() -> list[str]:
+    """Every word of the synthetic language: public (a fixed seed makes it), so it is the synthetic
+    federation's candidate list under secure-stats."""
+    return _pseudo_words(np.random.default_rng(SYNTHETIC_SEED), SHARED_WORDS, set(_FUNCTION_WORDS)) + \
+        list(_FUNCTION_WORDS)
+
+
 @lru_cache(maxsize=4)
 def synthetic_titles(num_clients: int) -> tuple[tuple[str, tuple[str, ...]], ...]:
     """(name, titles) per client, in generation order (largest first)."""
@@ -102,7 +109,7 @@ def synthetic_titles(num_clients: int) -> tuple[tuple[str, tuple[str, ...]], ...
         raise DataError(f"synthetic data needs num-clients >= 2, got {num_clients}: "
                         "set num-clients to 2 or more (7 mirrors Medium)")
     rng = np.random.default_rng(SYNTHETIC_SEED)
-    words = _pseudo_words(rng, SHARED_WORDS, set(_FUNCTION_WORDS)) + list(_FUNCTION_WORDS)
+    words = _pseudo_words(rng, SHARED_WORDS, set(_FUNCTION_WORDS)) + list(_FUNCTION_WORDS)  # = synthetic_words()
     grammar = _shared_grammar(rng, len(words))
     parts = []
     for c, (size, level) in enumerate(zip(_synthetic_sizes(num_clients), _synthetic_levels(num_clients))):

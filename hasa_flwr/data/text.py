@@ -75,21 +75,31 @@ def vocab_hash(vocab: list[str]) -> str:
 
 def read_vocab(path: str | Path) -> list[str]:
     """A vocabulary file: one word per line, most frequent first; <pad> and <unk> are added if absent."""
+    return [PAD, UNK, *read_words(path, "vocab-path", "hasa vocab FILE... --out")]
+
+
+def read_candidates(path: str | Path) -> list[str]:
+    """Public candidate words (one per line) whose pooled counts secure-stats sums for the vocabulary."""
+    return read_words(path, "vocab-candidates", "hasa candidates --out")
+
+
+def read_words(path: str | Path, key: str, build: str) -> list[str]:
+    """A word-list file shared by every party: UTF-8, one word per line, each once."""
     path = Path(path).expanduser()
     if not path.is_file():
-        raise DataError(f"vocab-path {path} not found: build one with `hasa vocab FILE... --out {path}` and give "
-                        "every device and the server the same file")
+        raise DataError(f"{key} {path} not found: build one with `{build} {path}` and give every device and the "
+                        "server the same file")
     try:
         words = [w.strip() for w in path.read_text(encoding="utf-8").splitlines() if w.strip()]
     except (OSError, UnicodeDecodeError) as err:
-        raise DataError(f"vocab-path {path} is unreadable ({type(err).__name__}): it must be UTF-8 text, one word "
+        raise DataError(f"{key} {path} is unreadable ({type(err).__name__}): it must be UTF-8 text, one word "
                         "per line") from err
     words = [w for w in words if w not in (PAD, UNK)]
     if not words:
-        raise DataError(f"vocab-path {path} is empty: build it with `hasa vocab FILE... --out {path}`")
+        raise DataError(f"{key} {path} is empty: build it with `{build} {path}`")
     if len(set(words)) != len(words):
-        raise DataError(f"vocab-path {path} lists a word twice: one word per line, each once")
-    return [PAD, UNK, *words]
+        raise DataError(f"{key} {path} lists a word twice: one word per line, each once")
+    return words
 
 
 def encode(titles: tuple[tuple[str, ...], ...], stoi: Mapping[str, int],
