@@ -143,6 +143,20 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_secure(args: argparse.Namespace) -> int:
+    from .launch import app_defaults, merge_config, read_preset
+    from .secure_bench import bench_secure, write_bench
+    from .sweep import parse_seeds, parse_sets
+
+    config = merge_config(app_defaults(Path(args.app)), {**(read_preset(args.preset) if args.preset else {}),
+                                                         **parse_sets(args.set)})
+    result = bench_secure(config, parse_seeds(args.seeds), args.candidates)
+    paths = write_bench(result, args.out)
+    print(paths[1].read_text(), end="")
+    print(f"written: {paths[0]} {paths[1]}")
+    return 0
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from .export import ExportMismatch, export_model
 
@@ -373,6 +387,17 @@ def build_parser() -> argparse.ArgumentParser:
     ov.add_argument("--keep", metavar="DIR", help="keep the flwr log, results.json and overhead.json here")
     ov.add_argument("--app", default=".", help="the hasa-flwr app folder (default: .)")
     ov.set_defaults(func=cmd_bench)
+    se = bsub.add_parser("secure", help="secure-stats vs the clear statistics, per seed (in-process, real SecAgg+)",
+                         description="The vocabulary, query and score phases on an in-process federation: clear, "
+                                     "secure with the clear vocabulary shared (score error, ranks, widths), and with "
+                                     "--candidates secure with a vocabulary from public candidate words.")
+    se.add_argument("--preset", metavar="FILE.toml", help="run-config preset (e.g. conf/medium.toml)")
+    se.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="run-config override")
+    se.add_argument("--seeds", default="0-9", help="seeds, e.g. 0-9 or 0,3,5 (default 0-9)")
+    se.add_argument("--candidates", default="", metavar="FILE", help="public candidate words (`hasa candidates`)")
+    se.add_argument("--out", required=True, help="folder for secure.json and secure.md")
+    se.add_argument("--app", default=".", help="the hasa-flwr app folder (default: .)")
+    se.set_defaults(func=cmd_bench_secure)
     add_model_commands(sub, bsub)
     return parser
 

@@ -35,6 +35,7 @@ class LoopbackGrid(Grid):
         self.received: list[tuple[str, int, Message]] = []  # (message type, node, reply)
         self.sent: list[tuple[str, int, Message]] = []
         self.bytes: dict[str, int] = {}  # message type -> bytes carried, both directions
+        self.exchanges = 0               # send_and_receive calls: in deployment each costs a polling cycle
 
     @property
     def run(self):
@@ -58,6 +59,7 @@ class LoopbackGrid(Grid):
 
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
         replies = []
+        self.exchanges += 1
         for msg in messages:
             msg.metadata.__dict__["_message_id"] = str(uuid4())
             msg = self.transport(msg)

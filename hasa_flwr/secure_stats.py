@@ -125,12 +125,16 @@ def secure_sum(grid: Grid, context: Context, nodes: list[int], what: str, scale:
         answered = sorted(recorder.answered & set(alive))
         if len(answered) >= len(alive) or len(answered) < 3:
             raise FederationError(f"the secure {what} round halted: {len(answered)} of {len(alive)} clients answered "
-                                  f"SecAgg+ within {timeout:g}s (it needs {threshold}, and at least 3); check that "
-                                  "every SuperNode is running")
+                                  f"SecAgg+ within {timeout:g}s (a secure sum needs {threshold}, and never fewer "
+                                  "than 3); restart the lost SuperNodes")
         log(WARNING, "secure %s round halted (nodes %s did not answer); starting it again with the %d others", what,
             sorted(set(alive) - set(answered)), len(answered))
         alive = answered
     contributed = sorted(int(proxy.node_id) for proxy, _ in results)
+    if len(contributed) < 3:  # the pooled vector goes back to the clients: with two, each learns the other's
+        raise FederationError(f"only {len(contributed)} of {requested} clients finished the secure {what} round "
+                              f"(nodes {sorted(set(nodes) - set(contributed))} were lost); a secure sum needs at "
+                              "least 3: restart the lost SuperNodes")
     mean = parameters_to_ndarrays(results[0][1].parameters)[0].astype(np.float64)
     bound = len(contributed) * 2.0 * scale / q
     if bound >= 0.5:

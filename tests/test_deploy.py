@@ -230,3 +230,35 @@ def test_deploy_tls_local_files_and_bad_devices(tmp_path):
                 assert "'startup' used by more than one device" in outcome.error and "client-name" in outcome.error
             assert not (tmp_path / case / "results").exists()
     assert_all_stopped(marker)
+
+
+def test_deploy_tls_secure_stats_survive_a_lost_device(tmp_path):
+    """secure-stats over TLS with 4 devices; one loses power as the first SecAgg+ round starts. The
+    SuperLink answers for it ("Node Unavailable") once it misses its heartbeats; SecAgg+ finishes
+    (or is started again) with the 3 others, which min-train-clients=3 lets the run go on with."""
+    from hasa_flwr.data.prepare import candidate_words, write_vocab
+
+    caps = (0.8, 0.8, 0.5, 0.5)
+    cands = tmp_path / "candidates.txt"
+    write_vocab(candidate_words("synthetic", 10_000), cands)
+    with deployment(node_configs(caps), tls=True) as dep:
+        marker = dep.marker
+        killed: list[float] = []
+
+        def on_line(line: str) -> None:
+            if "Secure aggregation commencing" in line and not killed:
+                killed.append(time.monotonic())
+                threading.Thread(target=dep.kill_node, args=(3, signal.SIGKILL), daemon=True).start()
+
+        outcome, log = run(dep, tmp_path, {"num-clients": 4, "secure-stats": True, "vocab-candidates": str(cands),
+                                           "min-train-clients": 3, "num-server-rounds": 1}, on_line=on_line)
+        assert killed, f"no secure round started:\n{log[-3000:]}"
+        assert outcome.results is not None, f"{outcome}\n{log[-3000:]}\n{dep.logs()}"
+        res = json.loads(outcome.results.read_text())
+        assert len(res["dropped"]) == 1 and res["dropped"][0]["phase"] == "secure vocab", res["dropped"]
+        assert len(res["clients"]) == 3 and all(c["accuracy"] is not None for c in res["clients"])
+        rounds = res["privacy"]["secure_rounds"]
+        assert [r["what"] for r in rounds] == ["vocab", "labels"] and [r["clients"] for r in rounds] == [3, 3]
+        assert rounds[0]["requested"] == 4 and "label_counts" not in res["privacy"]["server_saw_per_client"]
+        assert [h["round"] for h in res["history"]] == [1] and res["rejected_updates"] == []
+    assert_all_stopped(marker)

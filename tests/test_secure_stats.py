@@ -10,22 +10,21 @@ import json
 import numpy as np
 import pytest
 from conftest import ROOT
-from flwr.app import ConfigRecord, Context, RecordDict
 from flwr.common import bytes_to_ndarray
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key, Stage
 
 import client_app
-import server_app
 from hasa_flwr.config import settings_from_run_config
 from hasa_flwr.data.prepare import candidate_words, write_vocab
 from hasa_flwr.launch import app_defaults
 from hasa_flwr.loopback import LoopbackGrid
 from hasa_flwr.scores import jsd_scores
+from hasa_flwr.secure_bench import loopback_nodes, statistics_phases
 from hasa_flwr.secure_stats import protocol_sizes, quantization_range
 from hasa_flwr.strategy import FederationError, agree_vocabulary, query_stats
 
 K = 5
-NODES = {100 + i: {"partition-id": i, "num-partitions": K} for i in range(K)}
+NODES = loopback_nodes(K)
 
 
 def run_config(tmp_path, **overrides):
@@ -35,18 +34,10 @@ def run_config(tmp_path, **overrides):
 
 
 def phases(rc, drop=None):
-    """The server's phases up to the scores, on a loopback federation: (grid, vocab, clients, scores,
+    """The server's phases up to the scores on a loopback federation: (grid, vocab, clients, scores,
     secure rounds, dropped)."""
-    grid = LoopbackGrid(client_app.app, rc, NODES, drop=drop)
-    settings = settings_from_run_config(rc)
-    context = Context(1, 1, {}, RecordDict(), rc)
-    secure, dropped = [], []
-    vocab, source = server_app.vocabulary_round(grid, context, sorted(NODES), settings, secure, dropped)
-    nodes = [n for n in sorted(NODES) if n not in {d["node"] for d in dropped}]
-    clients, _, _ = query_stats(grid, nodes, K, settings.dataset, 60, vocab, send_words=source != "file")
-    scores = server_app.scores_round(grid, context, settings, clients, None, None,
-                                     ConfigRecord({}), secure, dropped)
-    return grid, vocab, clients, scores, secure, dropped
+    p = statistics_phases(rc, drop=drop)
+    return p["grid"], p["vocab"], p["clients"], p["scores"], p["secure"], p["dropped"]
 
 
 def test_protocol_parameters_fit_flowers_limits():
@@ -212,3 +203,20 @@ def test_secure_and_clear_runs_give_identical_results(superlink, tmp_path):
     assert [r["what"] for r in p["secure_rounds"]] == ["vocab", "labels"]
     assert all(r["clients"] == 7 and r["survives_dropouts"] == 2 for r in p["secure_rounds"])
     assert {"label_counts", "word_counts"} <= set(clear["privacy"]["server_saw_per_client"])
+
+
+def test_candidates_and_bench_secure_commands(tmp_path, capsys):
+    from hasa_flwr.cli import main
+
+    assert main(["candidates", "--top", "2000", "--out", str(tmp_path / "en.txt")]) == 0
+    words = (tmp_path / "en.txt").read_text().split()
+    assert len(words) == 2000 and words[:3] == ["the", "to", "and"] and len(set(words)) == 2000
+    assert all(w.isalpha() and w == w.lower() for w in words)  # cleaned as titles are
+    assert main(["candidates", "--from", "synthetic", "--out", str(tmp_path / "syn.txt")]) == 0
+    out = tmp_path / "bench"
+    assert main(["bench", "secure", "--app", str(ROOT), "--seeds", "0", "--candidates", str(tmp_path / "syn.txt"),
+                 "--set", "num-clients=4", "--out", str(out)]) == 0
+    row = json.loads((out / "secure.json").read_text())["rows"][0]
+    assert row["score_max_abs_error"] == 0.0 and row["pooled_exact"] and row["widths_identical"]
+    assert row["vocab_kept"] == 1.0 and row["exchanges_secure"] == 6 and row["bytes_secure"] > 0
+    assert "| 0 |" in (out / "secure.md").read_text()

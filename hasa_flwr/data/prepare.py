@@ -88,7 +88,7 @@ def candidate_words(source: str, top: int) -> list[str]:
             from wordfreq import top_n_list
         except ImportError:
             raise DataError("--from wordfreq needs the wordfreq package: pip install wordfreq") from None
-        raw = top_n_list("en", top)
+        raw = top_n_list("en", int(top * 1.3) + 100)  # some merge or vanish when cleaned
     else:
         raise DataError(f"unknown candidate source '{source}': choose wordfreq or synthetic")
     words: list[str] = []
