@@ -52,8 +52,10 @@ def run(grid: Grid, context: Context) -> None:
 
     strategy = HasaStrategy(clients, model.slicing_spec(), settings.sizes, extraction=settings.extraction,
                             aggregation=settings.aggregation, seed=settings.seed, num_rounds=settings.num_rounds,
-                            fused=settings.fused_evaluation)
-    result = strategy.start(grid, initial, num_rounds=settings.num_rounds, timeout=settings.round_timeout,
+                            fused=settings.fused_evaluation, fraction_train=settings.fraction_train,
+                            fraction_evaluate=settings.fraction_evaluate,
+                            min_train_clients=settings.min_train_clients, deadline=settings.deadline)
+    result = strategy.start(grid, initial, num_rounds=settings.num_rounds, timeout=settings.deadline,
                             train_config=config, evaluate_config=config)
 
     path = results_path(settings.results_dir, context.run_id)

@@ -79,6 +79,9 @@ class Settings:
     secure_stats: bool = False         # count vectors only as SecAgg+ sums; clients compute their own scores
     vocab_candidates: str = ""         # secure-stats: public candidate words whose pooled counts make the vocabulary
     min_train_clients: int = 0         # the fewest clients the run goes on with (0 = every client: strict)
+    fraction_train: float = 1.0        # clients sampled per training round (seeded; the same for every strategy)
+    fraction_evaluate: float = 1.0     # clients evaluating each intermediate round's model (the final covers all)
+    round_deadline: float = 0.0        # seconds a round waits for replies (0: round-timeout); late ones are left out
 
     @property
     def model(self) -> str:
@@ -93,6 +96,11 @@ class Settings:
     def min_clients(self) -> int:
         """A device lost before training (e.g. during a secure round) is left out while this many remain."""
         return self.min_train_clients or self.num_clients
+
+    @property
+    def deadline(self) -> float:
+        """How long each training or evaluation exchange waits for replies."""
+        return self.round_deadline or self.round_timeout
 
     @property
     def fused_evaluation(self) -> bool:
@@ -256,7 +264,22 @@ def settings_from_run_config(rc: dict[str, Any]) -> Settings:
         secure_stats=secure_stats(rc, num_clients),
         vocab_candidates=str(rc["vocab-candidates"]),
         min_train_clients=min_train_clients(rc, num_clients),
+        fraction_train=fraction("fraction-train", float(rc["fraction-train"])),
+        fraction_evaluate=fraction("fraction-evaluate", float(rc["fraction-evaluate"])),
+        round_deadline=non_negative("round-deadline", float(rc["round-deadline"])),
     )
+
+
+def fraction(key: str, value: float) -> float:
+    if not 0.0 < value <= 1.0:
+        raise ValueError(f"{key} must be in (0, 1] (the share of clients per round), got {value}")
+    return value
+
+
+def non_negative(key: str, value: float) -> float:
+    if value < 0 or not math.isfinite(value):
+        raise ValueError(f"{key} must be 0 or a positive number of seconds, got {value}")
+    return value
 
 
 def secure_stats(rc: dict[str, Any], num_clients: int) -> bool:

@@ -26,6 +26,7 @@ from .data import LOCAL, client_order, read_vocab, vocab_hash
 from .data.files import resolve_path
 from .data.text import build_vocab
 from .metrics import summarize
+from .participation import round_sample
 from .subnet import Indices, Spec, extract, hash_seed, prefix_state, select_units
 
 
@@ -215,8 +216,13 @@ class HasaStrategy(Strategy):
     """
 
     def __init__(self, clients: list[ClientInfo], spec: Spec, sizes: dict[str, int], *, extraction: str,
-                 aggregation: str, seed: int, num_rounds: int, fused: bool = False) -> None:
+                 aggregation: str, seed: int, num_rounds: int, fused: bool = False, fraction_train: float = 1.0,
+                 fraction_evaluate: float = 1.0, min_train_clients: int = 0, deadline: float = 0.0) -> None:
         self.clients = {c.node_id: c for c in clients}
+        # partial participation: a seeded sample per round (participation.round_sample); a round with
+        # fewer than min_train_clients valid updates stops the run (0: one suffices)
+        self.fraction_train, self.fraction_evaluate = fraction_train, fraction_evaluate
+        self.min_train_clients, self.deadline = min_train_clients, deadline
         self.spec, self.sizes = spec, sizes
         self.extraction, self.aggregation = extraction, aggregation
         self.seed, self.num_rounds = seed, num_rounds
@@ -235,6 +241,7 @@ class HasaStrategy(Strategy):
         self._train_seconds: dict[int, float] = {}
         self.exchanges = {"train": 0, "evaluate": 0}  # message exchanges made (results.json records them)
         self._losses: dict[int, float] = {}
+        self._trained: dict[int, list[int]] = {}  # round -> server numbers whose updates were averaged
 
     def summary(self) -> None:
         log(INFO, "\t├──> HASA: extraction=%s aggregation=%s", self.extraction, self.aggregation)
@@ -247,7 +254,7 @@ class HasaStrategy(Strategy):
         self.phase = "train"
         self.state = arrays.to_torch_state_dict()
         messages = []
-        for node, c in self.clients.items():
+        for node, c in self.sampled(server_round, self.fraction_train, stream=0).items():
             idx = select_units(self.extraction, c.width, self.sizes, server_round=server_round, seed=self.seed,
                                client=c.partition_id)
             self.sent[node] = idx
@@ -258,9 +265,15 @@ class HasaStrategy(Strategy):
             sub = ArrayRecord(extract(self.state, self.spec, idx, self.sizes))
             messages.append(Message(RecordDict({"arrays": sub, "config": cfg}), dst_node_id=node,
                                     message_type="train"))
-        self.outbox = list(zip(self.clients, messages))
+        self.outbox = [(m.metadata.dst_node_id, m) for m in messages]
         self.exchanges["train"] += 1
         return messages
+
+    def sampled(self, server_round: int, fraction: float, stream: int) -> dict[int, ClientInfo]:
+        """node -> client of this round's seeded sample (every client at fraction 1)."""
+        chosen = set(round_sample([c.partition_id for c in self.clients.values()], fraction, self.min_train_clients,
+                                  self.seed, server_round, stream))
+        return {node: c for node, c in self.clients.items() if c.partition_id in chosen}
 
     def by_node(self, server_round: int, replies: Iterable[Message]) -> dict[int, Message]:
         """Replies keyed by the node they answer for; logs nodes that failed or gave no reply.
@@ -281,7 +294,7 @@ class HasaStrategy(Strategy):
         failed = {r["node"] for r in self.rejected if (r["round"], r["phase"]) == (server_round, self.phase)}
         for node, _ in self.outbox:
             if node not in got and node not in failed:
-                self.reject(server_round, node, "no reply before round-timeout")
+                self.reject(server_round, node, f"no reply within the round's deadline ({self.deadline:g}s)")
         return got
 
     def reject(self, server_round: int, node: int, reason: str) -> None:
@@ -310,6 +323,11 @@ class HasaStrategy(Strategy):
                 continue
             updates.append(update)
             losses.append((update.weight, float(metrics["train-loss"])))
+            self._trained.setdefault(server_round, []).append(self.clients[node].partition_id)
+        if self.min_train_clients and len(updates) < self.min_train_clients:
+            raise FederationError(f"round {server_round}: {len(updates)} of {len(self.outbox)} sampled clients sent a "
+                                  f"valid update within {self.deadline:g}s, fewer than min-train-clients="
+                                  f"{self.min_train_clients}: raise round-deadline, or lower min-train-clients")
         if not updates:
             log(WARNING, "round %d: no valid update; the supernet is unchanged", server_round)
             return None, None
@@ -332,7 +350,8 @@ class HasaStrategy(Strategy):
             return []
         state = arrays.to_torch_state_dict()
         self.outbox = []
-        for node, c in self.clients.items():
+        evaluating = self.clients if final else self.sampled(server_round, self.fraction_evaluate, stream=1)
+        for node, c in evaluating.items():
             content = {"arrays": ArrayRecord(prefix_state(state, self.spec, self.sizes, c.width))}
             full = final and full_width_allowed(c)
             if full:
@@ -365,7 +384,7 @@ class HasaStrategy(Strategy):
             seconds = time.perf_counter() - self._round_start
         # every round's per-client accuracies, so a long run also answers for its shorter prefixes
         row = {"round": server_round, "train_loss": self._losses.get(server_round, self._train_loss),
-               **summarize(accs), "clients": len(accs),
+               **summarize(accs), "clients": len(accs), "trained": sorted(self._trained.get(server_round, [])),
                "accuracies": {str(c.partition_id): c.metrics.get("accuracy") for c in self.clients.values()},
                "seconds": seconds}
         self.history.append(row)
