@@ -24,7 +24,14 @@ def parse_overrides(items: list[str]) -> dict:
 
 def cmd_run(args: argparse.Namespace) -> int:
     app = Path(args.app).resolve()
-    config = merge_config(app_defaults(app), parse_overrides(args.run_config))
+    overrides = parse_overrides(args.run_config)
+    if args.resume:  # the recorded run config, so the run goes on exactly as it started
+        from .checkpoint import read_checkpoint
+
+        folder = Path(args.resume).expanduser().absolute()
+        recorded = read_checkpoint(folder).progress["run_config"]
+        overrides = {**recorded, **overrides, "resume-from": str(folder)}
+    config = merge_config(app_defaults(app), overrides)
     config["results-dir"] = str(Path(config["results-dir"]).expanduser().absolute())
     if args.superlink:  # deployment: the data lives on the devices, so only the run config is checked here
         settings = settings_from_run_config(config)
@@ -284,6 +291,9 @@ def build_parser() -> argparse.ArgumentParser:
                           "simulation")
     run.add_argument("--federation-config", default="",
                      help="passed to flwr run (default: num-supernodes=<num-clients>)")
+    run.add_argument("--resume", metavar="RUN_FOLDER",
+                     help="continue a stopped or crashed run from its last checkpoint (<results-dir>/<run-id>), with "
+                          "its recorded run config; results.json is written there")
     run.set_defaults(func=cmd_run)
 
     from .config import STRATEGIES

@@ -82,6 +82,7 @@ class Settings:
     fraction_train: float = 1.0        # clients sampled per training round (seeded; the same for every strategy)
     fraction_evaluate: float = 1.0     # clients evaluating each intermediate round's model (the final covers all)
     round_deadline: float = 0.0        # seconds a round waits for replies (0: round-timeout); late ones are left out
+    resume_from: str = ""              # a run folder with checkpoints: continue that run from its last complete round
 
     @property
     def model(self) -> str:
@@ -267,6 +268,7 @@ def settings_from_run_config(rc: dict[str, Any]) -> Settings:
         fraction_train=fraction("fraction-train", float(rc["fraction-train"])),
         fraction_evaluate=fraction("fraction-evaluate", float(rc["fraction-evaluate"])),
         round_deadline=non_negative("round-deadline", float(rc["round-deadline"])),
+        resume_from=str(rc["resume-from"]),
     )
 
 

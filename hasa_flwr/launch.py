@@ -148,6 +148,8 @@ def flwr_run(app_dir: Path, overrides: dict[str, Any], *, num_supernodes: int, f
         reader.join(timeout=10)
     run_id = seen["run_id"]
     path = results_dir / str(run_id) / "results.json" if run_id is not None else None
+    if overrides.get("resume-from"):  # a resumed run finishes the folder it continues
+        path = Path(str(overrides["resume-from"])) / "results.json"
     if path is not None and not path.is_file():
         path = None
     if path is None and seen["error"] is None and run_id is not None and connection and proc.returncode == 0:

@@ -8,14 +8,17 @@ earlier phases produced, so a phase can also run alone (benchmarks, the loopback
 from __future__ import annotations
 
 import json
+from logging import WARNING
 
 import numpy as np
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context
+from flwr.common import log
 from flwr.serverapp import Grid
 from flwr.superlink.grid.inmemory_grid import InMemoryGrid  # the simulation engine's grid
 
 from .allocation import Allocation, allocate
+from .checkpoint import Checkpoint, ResumeError, allocation_from_record
 from .config import Settings
 from .data import DataError
 from .models import mac_cost
@@ -97,3 +100,51 @@ def allocation_round(settings: Settings, clients: list[ClientInfo], scores: np.n
     for c, score, rank, width in zip(clients, allocation.scores, allocation.ranks, allocation.widths):
         c.score, c.rank, c.width = float(score), float(rank), float(width)
     return allocation
+
+
+# a resumed run may change only these (where results go, how long to wait)
+RESUMABLE_CHANGES = ("results_dir", "data_path", "wait_seconds", "round_timeout", "round_deadline", "resume_from")
+
+
+def check_resumable(settings: Settings, checkpoint: Checkpoint) -> None:
+    """A run resumes only with the settings it was started with (ResumeError names the differences)."""
+    recorded, now = checkpoint.meta["run_config"], settings.to_dict()
+    diffs = [k for k in sorted(set(recorded) | set(now)) if k not in RESUMABLE_CHANGES
+             and _plain(recorded.get(k)) != _plain(now.get(k))]
+    if diffs:
+        shown = ", ".join(f"{k}: {recorded.get(k)!r} then, {now.get(k)!r} now" for k in diffs[:3])
+        raise ResumeError(f"the run config differs from the checkpointed run's ({shown}): resume with `hasa run "
+                          "--resume <run folder>`, which reuses the recorded config")
+    if checkpoint.round > settings.num_rounds:
+        raise ResumeError(f"the checkpoint is after round {checkpoint.round} of {settings.num_rounds}")
+
+
+def _plain(value):
+    return list(value) if isinstance(value, tuple) else value
+
+
+def restore_roster(clients: list[ClientInfo], checkpoint: Checkpoint) -> tuple[list[ClientInfo], Allocation]:
+    """The checkpointed roster and allocation onto this run's nodes, matched by client name (a node
+    id may change when a SuperNode restarts; its name and data do not). A device that was not in
+    the roster is left out; one that is missing, or whose data changed, stops the resume."""
+    by_name = {c.name: c for c in clients}
+    restored = []
+    for row in checkpoint.progress["roster"]:
+        c = by_name.get(row["name"])
+        if c is None:
+            raise ResumeError(f"client {row['name']!r} of the checkpointed run is not connected: start its SuperNode "
+                              "(same client-name and data), then resume")
+        if (c.n_train, c.n_test) != (row["n_train"], row["n_test"]):
+            raise ResumeError(f"client {row['name']!r} now has {c.n_train}/{c.n_test} training/test samples, the "
+                              f"checkpointed run {row['n_train']}/{row['n_test']}: its data changed; start a new run")
+        c.partition_id, c.cap, c.score, c.rank, c.width = (row["partition_id"], row["cap"], row["score"], row["rank"],
+                                                          row["width"])
+        restored.append(c)
+    for name in sorted(set(by_name) - {r["name"] for r in checkpoint.progress["roster"]}):
+        log(WARNING, "client %r joined after the run started; it is left out of the resumed run", name)
+    return restored, allocation_from_record(checkpoint.progress["allocation"])
+
+
+def roster_record(clients: list[ClientInfo]) -> list[dict]:
+    return [{"name": c.name, "partition_id": c.partition_id, "n_train": c.n_train, "n_test": c.n_test,
+             "cap": c.cap, "score": c.score, "rank": c.rank, "width": c.width} for c in clients]

@@ -242,14 +242,32 @@ class HasaStrategy(Strategy):
         self.exchanges = {"train": 0, "evaluate": 0}  # message exchanges made (results.json records them)
         self._losses: dict[int, float] = {}
         self._trained: dict[int, list[int]] = {}  # round -> server numbers whose updates were averaged
+        self.offset = 0  # rounds done before this start() (a resumed run): Flower counts from 1 again
 
     def summary(self) -> None:
         log(INFO, "\t├──> HASA: extraction=%s aggregation=%s", self.extraction, self.aggregation)
         for c in self.clients.values():
             log(INFO, "\t│\tclient %d (%s): n=%d width=%.3f", c.partition_id, c.name, c.n_train, c.width)
 
+    def progress(self) -> dict[str, object]:
+        """What a checkpoint keeps of this strategy (see checkpoint.py)."""
+        return {"history": self.history, "rejected": self.rejected, "exchanges": self.exchanges,
+                "train_loss": self._train_loss, "losses": {str(k): v for k, v in self._losses.items()},
+                "train_seconds": {str(k): v for k, v in self._train_seconds.items()},
+                "trained": {str(k): v for k, v in self._trained.items()}}
+
+    def restore(self, progress: dict, done_rounds: int) -> None:
+        """Continue after ``done_rounds`` rounds from a checkpoint's ``progress``."""
+        self.offset = done_rounds
+        self.history, self.rejected = list(progress["history"]), list(progress["rejected"])
+        self.exchanges, self._train_loss = dict(progress["exchanges"]), float(progress["train_loss"])
+        self._losses = {int(k): v for k, v in progress["losses"].items()}
+        self._train_seconds = {int(k): v for k, v in progress["train_seconds"].items()}
+        self._trained = {int(k): v for k, v in progress["trained"].items()}
+
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
+        server_round += self.offset
         self._round_start = time.perf_counter()
         self.phase = "train"
         self.state = arrays.to_torch_state_dict()
@@ -306,6 +324,7 @@ class HasaStrategy(Strategy):
 
     def aggregate_train(self, server_round: int,
                         replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        server_round += self.offset
         updates, losses = [], []
         got = self.by_node(server_round, replies)
         if self.fused and server_round > 1:  # the evaluation of last round's model rode on these replies
@@ -343,6 +362,7 @@ class HasaStrategy(Strategy):
         """Each client gets only its own width-w_i prefix (what it would deploy); after the last round
         also the full supernet, but only a client whose cap allows width 1 (no device builds a model
         above its cap)."""
+        server_round += self.offset
         final = server_round == self.num_rounds
         self.phase = "evaluate"
         if self.fused and not final:  # this model is evaluated inside the next round's train messages
@@ -363,6 +383,7 @@ class HasaStrategy(Strategy):
         return [m for _, m in self.outbox]
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+        server_round += self.offset
         if self.fused and server_round < self.num_rounds:
             return None
         got = self.by_node(server_round, replies)

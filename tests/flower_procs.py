@@ -99,9 +99,17 @@ def wait_http(url: str, proc: subprocess.Popen, timeout: float = 30.0) -> None:
     raise TimeoutError(f"{url} not healthy within {timeout}s")
 
 
+class SuperlinkEnv(dict):
+    """The environment to run `flwr run` with (a dict), plus the SuperLink's PID and FLWR_HOME."""
+
+    pid: int
+    home: Path
+
+
 @contextmanager
 def simulation_superlink():
-    """A simulation SuperLink the `flwr run` CLI reuses as its local one; yields the env to run with."""
+    """A simulation SuperLink the `flwr run` CLI reuses as its local one; yields the env to run with
+    (a SuperlinkEnv: also its PID, for tests that kill it)."""
     home = Path(tempfile.mkdtemp(prefix="flwr-home-"))
     ray_tmp = Path(tempfile.mkdtemp(prefix="ray", dir="/tmp"))  # short: Ray's socket paths are length-limited
     http, control, fleet = free_port(), free_port(), free_port()
@@ -115,6 +123,8 @@ def simulation_superlink():
            "--disable-runtime-dependency-installation"]
     log = (home / "superlink.log").open("w")
     proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    env = SuperlinkEnv(env)
+    env.pid, env.home = proc.pid, home
     try:
         wait_http(f"http://127.0.0.1:{http}/health", proc)
         yield env
