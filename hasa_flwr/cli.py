@@ -164,6 +164,19 @@ def cmd_bench_secure(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_scale(args: argparse.Namespace) -> int:
+    from .scale_bench import bench_scale
+    from .sweep import parse_sets
+
+    clients = [int(v) for v in args.clients.split(",") if v]
+    if not clients or min(clients) < 2:
+        raise ValueError(f"--clients must list federation sizes >= 2, got {args.clients!r}")
+    bench_scale(Path(args.app), clients, rounds=args.rounds, fraction=args.fraction, sets=parse_sets(args.set),
+                out=Path(args.out))
+    print((Path(args.out) / "scale.md").read_text(), end="")
+    return 0
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from .export import ExportMismatch, export_model
 
@@ -408,6 +421,15 @@ def build_parser() -> argparse.ArgumentParser:
     se.add_argument("--out", required=True, help="folder for secure.json and secure.md")
     se.add_argument("--app", default=".", help="the hasa-flwr app folder (default: .)")
     se.set_defaults(func=cmd_bench_secure)
+    sc = bsub.add_parser("scale", help="rounds with M clients at fraction-train f in simulation: seconds, server "
+                                       "seconds, bytes, peak RSS of all processes; allocation of 10^6 clients")
+    sc.add_argument("--clients", default="10,100,300,1000", help="federation sizes (default 10,100,300,1000)")
+    sc.add_argument("--rounds", type=int, default=3, help="rounds per run (default 3)")
+    sc.add_argument("--fraction", type=float, default=0.1, help="fraction-train (default 0.1)")
+    sc.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="run-config override")
+    sc.add_argument("--out", required=True, help="folder for scale.json, scale.md and the runs")
+    sc.add_argument("--app", default=".", help="the hasa-flwr app folder (default: .)")
+    sc.set_defaults(func=cmd_bench_scale)
     add_model_commands(sub, bsub)
     return parser
 

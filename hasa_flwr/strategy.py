@@ -208,6 +208,11 @@ def deliver_subnets(grid: Grid, clients: list[ClientInfo], subnets: dict[int, tu
     return stored
 
 
+def array_bytes(record: ArrayRecord) -> int:
+    """Bytes of a record's arrays on the wire (their serialised data)."""
+    return sum(len(a.data) for a in record.values())
+
+
 class HasaStrategy(Strategy):
     """Per-client subnets of one supernet, aggregated over their overlap.
 
@@ -243,6 +248,8 @@ class HasaStrategy(Strategy):
         self._losses: dict[int, float] = {}
         self._trained: dict[int, list[int]] = {}  # round -> server numbers whose updates were averaged
         self.offset = 0  # rounds done before this start() (a resumed run): Flower counts from 1 again
+        self._server_seconds: dict[int, float] = {}  # slicing + checking + aggregation, per round
+        self._bytes: dict[int, int] = {}             # model arrays sent and received, per round
 
     def summary(self) -> None:
         log(INFO, "\t├──> HASA: extraction=%s aggregation=%s", self.extraction, self.aggregation)
@@ -254,7 +261,9 @@ class HasaStrategy(Strategy):
         return {"history": self.history, "rejected": self.rejected, "exchanges": self.exchanges,
                 "train_loss": self._train_loss, "losses": {str(k): v for k, v in self._losses.items()},
                 "train_seconds": {str(k): v for k, v in self._train_seconds.items()},
-                "trained": {str(k): v for k, v in self._trained.items()}}
+                "trained": {str(k): v for k, v in self._trained.items()},
+                "server_seconds": {str(k): v for k, v in self._server_seconds.items()},
+                "bytes": {str(k): v for k, v in self._bytes.items()}}
 
     def restore(self, progress: dict, done_rounds: int) -> None:
         """Continue after ``done_rounds`` rounds from a checkpoint's ``progress``."""
@@ -264,11 +273,13 @@ class HasaStrategy(Strategy):
         self._losses = {int(k): v for k, v in progress["losses"].items()}
         self._train_seconds = {int(k): v for k, v in progress["train_seconds"].items()}
         self._trained = {int(k): v for k, v in progress["trained"].items()}
+        self._server_seconds = {int(k): v for k, v in progress["server_seconds"].items()}
+        self._bytes = {int(k): v for k, v in progress["bytes"].items()}
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
         server_round += self.offset
-        self._round_start = time.perf_counter()
+        self._round_start = start = time.perf_counter()
         self.phase = "train"
         self.state = arrays.to_torch_state_dict()
         messages = []
@@ -285,6 +296,8 @@ class HasaStrategy(Strategy):
                                     message_type="train"))
         self.outbox = [(m.metadata.dst_node_id, m) for m in messages]
         self.exchanges["train"] += 1
+        self._bytes[server_round] = sum(array_bytes(m.content["arrays"]) for m in messages)
+        self._server_seconds[server_round] = time.perf_counter() - start
         return messages
 
     def sampled(self, server_round: int, fraction: float, stream: int) -> dict[int, ClientInfo]:
@@ -325,6 +338,7 @@ class HasaStrategy(Strategy):
     def aggregate_train(self, server_round: int,
                         replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
         server_round += self.offset
+        start = time.perf_counter()
         updates, losses = [], []
         got = self.by_node(server_round, replies)
         if self.fused and server_round > 1:  # the evaluation of last round's model rode on these replies
@@ -355,6 +369,8 @@ class HasaStrategy(Strategy):
         self._train_loss = sum(w * loss for w, loss in losses) / total
         self._losses[server_round] = self._train_loss
         self._train_seconds[server_round] = time.perf_counter() - self._round_start
+        self._bytes[server_round] += sum(array_bytes(r) for m in got.values() for r in m.content.array_records.values())
+        self._server_seconds[server_round] += time.perf_counter() - start
         return ArrayRecord(new), MetricRecord({"train-loss": self._train_loss, "clients": len(updates)})
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
@@ -407,7 +423,8 @@ class HasaStrategy(Strategy):
         row = {"round": server_round, "train_loss": self._losses.get(server_round, self._train_loss),
                **summarize(accs), "clients": len(accs), "trained": sorted(self._trained.get(server_round, [])),
                "accuracies": {str(c.partition_id): c.metrics.get("accuracy") for c in self.clients.values()},
-               "seconds": seconds}
+               "seconds": seconds, "server_seconds": self._server_seconds.get(server_round, math.nan),
+               "bytes": self._bytes.get(server_round, 0)}
         self.history.append(row)
         log(INFO, "round %d: mean accuracy %.4f, worst %.4f (%d clients)", server_round, row["mean"],
             row["worst"], len(accs))
