@@ -99,6 +99,22 @@ def load_model(settings: Settings, num_classes: int, arrays: ArrayRecord, width:
     return model
 
 
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def compute_device(context: Context) -> torch.device:
+    """Node config ``device``: auto (CUDA when this node has a GPU, else CPU), cpu or cuda. In
+    simulation, Ray gives an actor a GPU when the federation config has client-resources-num-gpus."""
+    choice = str(context.node_config.get("device", "auto"))
+    if choice not in DEVICES:
+        raise ValueError(f"unknown node config device '{choice}': choose one of {', '.join(DEVICES)}")
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise ValueError("node config device=cuda but this device has no usable CUDA GPU: use device=auto or cpu")
+    if choice == "auto":
+        choice = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(choice)
+
+
 def checked_width(context: Context, width: float) -> float:
     """A device never builds a model wider than its own cap: a misconfigured server gets an error
     that names the cap, not an out-of-memory device."""
@@ -237,7 +253,7 @@ def query_loss(msg: Message, context: Context) -> Message:
     settings, data, num_classes = _data_for(msg, context)
     model = load_model(settings, num_classes, msg.content["arrays"], float(msg.content["config"]["width"]),
                        input_shape(settings, data))
-    loss = evaluate(model, data.x_train, data.y_train)["loss"]
+    loss = evaluate(model, data.x_train, data.y_train, device=compute_device(context))["loss"]
     return Message(RecordDict({"metrics": MetricRecord({"loss": loss})}), reply_to=msg)
 
 
@@ -246,23 +262,25 @@ def train_subnet(msg: Message, context: Context) -> Message:
     cfg = msg.content["config"]
     width, shape = float(cfg["width"]), input_shape(settings, data)
     model = load_model(settings, num_classes, msg.content["arrays"], width, shape)
+    device = compute_device(context)
     evaluated = {}
     if bool(cfg.get("evaluate-first", False)):  # one exchange per round: last round's model, as received
-        evaluated = {f"eval-{k}": v for k, v in test_metrics(model, data).items()}
+        evaluated = {f"eval-{k}": v for k, v in test_metrics(model, data, device).items()}
     ordered = None
     if bool(cfg["ordered"]):
         ordered = OrderedDropout(settings.model, num_classes, settings.sizes, width, scaler=settings.scaler,
                                  input_shape=shape)
     loss = train(model, data.x_train, data.y_train, epochs=settings.local_epochs, batch_size=settings.batch_size,
                  lr=settings.lr, optimizer=settings.optimizer, momentum=settings.momentum,
-                 seed=int(cfg["train-seed"]), ordered=ordered)
+                 seed=int(cfg["train-seed"]), ordered=ordered, device=device)
     metrics = MetricRecord({"num-examples": data.n_train, "train-loss": loss, **evaluated})
-    return Message(RecordDict({"arrays": ArrayRecord(model.state_dict()), "metrics": metrics}), reply_to=msg)
+    return Message(RecordDict({"arrays": ArrayRecord(model.to("cpu").state_dict()), "metrics": metrics}),
+                   reply_to=msg)
 
 
-def test_metrics(model: torch.nn.Module, data: ClientData) -> dict[str, float]:
+def test_metrics(model: torch.nn.Module, data: ClientData, device: torch.device | str = "cpu") -> dict[str, float]:
     """What the server records per client and round: the model's accuracy on this client's test split."""
-    result = evaluate(model, data.x_test, data.y_test)
+    result = evaluate(model, data.x_test, data.y_test, device=device)
     return {"num-examples": data.n_test, "accuracy": result["accuracy"], "top3": result["top3"],
             "loss": result["loss"], "majority": data.majority_accuracy()}
 
@@ -271,10 +289,12 @@ def evaluate_subnet(msg: Message, context: Context) -> Message:
     settings, data, num_classes = _data_for(msg, context)
     cfg = msg.content["config"]
     shape = input_shape(settings, data)  # the server sent only this client's width-w prefix
-    metrics = test_metrics(load_model(settings, num_classes, msg.content["arrays"], float(cfg["width"]), shape), data)
+    device = compute_device(context)
+    metrics = test_metrics(load_model(settings, num_classes, msg.content["arrays"], float(cfg["width"]), shape), data,
+                           device)
     if bool(cfg["full-width"]):
         metrics["full-width-accuracy"] = evaluate(load_model(settings, num_classes, msg.content["full"], 1.0, shape),
-                                                  data.x_test, data.y_test)["accuracy"]
+                                                  data.x_test, data.y_test, device=device)["accuracy"]
     return Message(RecordDict({"metrics": MetricRecord(metrics)}), reply_to=msg)
 
 

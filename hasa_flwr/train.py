@@ -41,7 +41,7 @@ class OrderedDropout:
             return model(x)
         if p not in self._skeletons:
             self._skeletons[p] = build_model(self.model, self.num_classes, self.sizes, p, scaler=self.scaler,
-                                             input_shape=self.input_shape).train()
+                                             input_shape=self.input_shape).to(x.device).train()
         # units are counted on the full sizes, positions laid out in the local model's sizes
         sliced = gather(dict(model.named_parameters()), model.slicing_spec(),
                         select_units("prefix", p, self.sizes), sub_sizes(self.max_width, self.sizes))
@@ -62,16 +62,18 @@ def loss_fn(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 def train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epochs: int, batch_size: int, lr: float,
           seed: int, optimizer: str = "sgd", momentum: float = 0.0, clip: float = 5.0,
-          ordered: OrderedDropout | None = None) -> float:
-    """Train in place; returns the mean loss over all batches (per labelled target)."""
-    model.train()
+          ordered: OrderedDropout | None = None, device: str | torch.device = "cpu") -> float:
+    """Train in place on ``device`` (the model is moved there; batches are drawn on the CPU with the
+    seeded generator, so the order never depends on the device); returns the mean loss over all
+    batches (per labelled target)."""
+    model.to(device).train()
     opt = make_optimizer(optimizer, model.parameters(), lr, momentum)
     gen = torch.Generator().manual_seed(seed)
     levels = ordered.levels() if ordered else None
     total, count = 0.0, 0
     for _ in range(epochs):
         for idx in torch.randperm(len(x), generator=gen).split(batch_size):
-            xb, yb = x[idx], y[idx]
+            xb, yb = x[idx].to(device), y[idx].to(device)
             if (yb != IGNORE_INDEX).sum() == 0:
                 continue
             if ordered:
@@ -91,12 +93,14 @@ def train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epochs: int, ba
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 512) -> dict[str, float]:
-    """Top-1 and top-3 accuracy and mean loss over labelled targets."""
-    model.eval()
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 512,
+             device: str | torch.device = "cpu") -> dict[str, float]:
+    """Top-1 and top-3 accuracy and mean loss over labelled targets (on ``device``)."""
+    model.to(device).eval()
     hits1 = hits3 = 0
     loss_sum, n = 0.0, 0
     for xb, yb in zip(x.split(batch_size), y.split(batch_size)):
+        xb, yb = xb.to(device), yb.to(device)
         logits = model(xb)
         logits = logits.reshape(-1, logits.shape[-1])
         yb = yb.reshape(-1)

@@ -294,3 +294,20 @@ def test_a_device_refuses_a_model_wider_than_its_cap():
     with pytest.raises(ValueError, match="max-width is 0.3 but the server sent a width-0.5 model"):
         client.train_subnet(msg, ctx)
     assert client.checked_width(ctx, 0.3) == 0.3
+
+
+def test_compute_device_from_node_config():
+    import torch
+    from flwr.app import Context, RecordDict
+
+    from hasa_flwr.client import compute_device
+
+    def ctx(**node):
+        return Context(1, 1, node, RecordDict(), {})
+    assert compute_device(ctx()).type == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert compute_device(ctx(device="cpu")).type == "cpu"
+    with pytest.raises(ValueError, match="unknown node config device 'tpu'"):
+        compute_device(ctx(device="tpu"))
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="device=cuda but this device has no usable CUDA GPU"):
+            compute_device(ctx(device="cuda"))
