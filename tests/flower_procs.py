@@ -107,7 +107,7 @@ class SuperlinkEnv(dict):
 
 
 @contextmanager
-def simulation_superlink():
+def simulation_superlink(extra_env: dict[str, str] | None = None):
     """A simulation SuperLink the `flwr run` CLI reuses as its local one; yields the env to run with
     (a SuperlinkEnv: also its PID, for tests that kill it)."""
     home = Path(tempfile.mkdtemp(prefix="flwr-home-"))
@@ -116,7 +116,7 @@ def simulation_superlink():
     env = {**os.environ, "FLWR_HOME": str(home), "RAY_TMPDIR": str(ray_tmp), "FLWR_TELEMETRY_ENABLED": "0",
            "FLWR_DISABLE_UPDATE_CHECK": "1", "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
            "FLWR_LOCAL_SUPERLINK_HTTP_API_PORT": str(http), "FLWR_LOCAL_CONTROL_API_PORT": str(control),
-           "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+           "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", **(extra_env or {})}
     cmd = [str(BIN / "flower-superlink"), "--insecure", "--simulation", "--isolation", "subprocess",
            "--host", "127.0.0.1", "--port", str(http), "--control-api-address", f"127.0.0.1:{control}",
            "--fleet-api-address", f"127.0.0.1:{fleet}", "--database", str(home / "state.db"),
