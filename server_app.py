@@ -43,7 +43,7 @@ def run(grid: Grid, context: Context) -> None:
         results_path(settings.results_dir, context.run_id).parent
     if resumed:
         check_resumable(settings, resumed)
-    claim(run_dir)  # a second process writing this folder would corrupt it
+        claim(run_dir)  # a second process writing this folder would corrupt it
     nodes = wait_for_nodes(grid, settings.num_clients, settings.wait_seconds)
     if resumed is None:
         secure: list[SecureSum] = []   # the SecAgg+ rounds (secure-stats), for results.json's privacy block
@@ -84,6 +84,8 @@ def run(grid: Grid, context: Context) -> None:
     def checkpoint(server_round: int, arrays: ArrayRecord) -> None:
         """Flower calls this after every round (as its evaluate_fn): the round's checkpoint."""
         if server_round > 0:
+            if server_round + done == 1:  # the folder exists from the first checkpoint on, never for a failed start
+                claim(run_dir)
             write_checkpoint(run_dir, server_round + done, arrays.to_torch_state_dict(), meta, {
                 "round": server_round + done, "run_id": first_run_id, "resumes": resumes,
                 "run_config": dict(context.run_config),
