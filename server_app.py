@@ -44,7 +44,9 @@ def run(grid: Grid, context: Context) -> None:
     if resumed:
         check_resumable(settings, resumed)
         claim(run_dir)  # a second process writing this folder would corrupt it
-    nodes = wait_for_nodes(grid, settings.num_clients, settings.wait_seconds)
+    # a resumed run needs its roster back (devices dropped before training are not waited for)
+    expected = len(resumed.progress["roster"]) if resumed else settings.num_clients
+    nodes = wait_for_nodes(grid, expected, settings.wait_seconds)
     if resumed is None:
         secure: list[SecureSum] = []   # the SecAgg+ rounds (secure-stats), for results.json's privacy block
         dropped: list[dict] = []       # devices lost before training

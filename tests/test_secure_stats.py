@@ -220,3 +220,13 @@ def test_candidates_and_bench_secure_commands(tmp_path, capsys):
     assert row["score_max_abs_error"] == 0.0 and row["pooled_exact"] and row["widths_identical"]
     assert row["vocab_kept"] == 1.0 and row["exchanges_secure"] == 6 and row["bytes_secure"] > 0
     assert "| 0 |" in (out / "secure.md").read_text()
+
+
+def test_secure_scores_on_images_equal_the_clear_ones():
+    """Images have no vocabulary round: only the label histogram is summed securely."""
+    rc = {**app_defaults(ROOT), "dataset": "digits", "num-clients": 5}
+    clear, secure = statistics_phases(rc), statistics_phases({**rc, "secure-stats": True})
+    a = np.array([clear["scores"][c.node_id] for c in clear["clients"]])
+    b = np.array([secure["scores"][c.node_id] for c in secure["clients"]])
+    assert np.abs(a - b).max() <= 1e-12 and [s.what for s in secure["secure"]] == ["labels"]
+    assert all(c.label_counts is None for c in secure["clients"])
