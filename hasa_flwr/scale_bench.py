@@ -14,8 +14,6 @@ import json
 import math
 import os
 import shutil
-import signal
-import socket
 import statistics
 import tempfile
 import threading
@@ -28,40 +26,8 @@ import numpy as np
 
 from .allocation import allocate
 from .launch import app_defaults, flwr_run, merge_config
+from .processes import MARKER, free_port, marked_pids, rss_bytes, stop_marked
 from .results import write_json_atomic
-
-MARKER = "HASA_SCALE_BENCH"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def marked_pids(value: str) -> list[int]:
-    """Processes whose environment holds MARKER=value (everything Flower and Ray start inherit it)."""
-    needle = f"{MARKER}={value}".encode()
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit() and int(entry.name) != os.getpid():
-            try:
-                if needle in (entry / "environ").read_bytes().split(b"\0"):
-                    found.append(int(entry.name))
-            except OSError:
-                continue
-    return found
-
-
-def rss_bytes(pid: int) -> int:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
-
 
 class PeakRss(threading.Thread):
     """The largest sum of RSS over the marked processes, sampled every ``interval`` s."""
@@ -82,20 +48,6 @@ class PeakRss(threading.Thread):
         return self.peak
 
 
-def stop_marked(value: str, grace: float = 10.0) -> None:
-    """SIGTERM, then SIGKILL, every process this bench started (the SuperLink outlives `flwr run`)."""
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        pids = marked_pids(value)
-        for pid in pids:
-            try:
-                os.kill(pid, sig)
-            except OSError:
-                pass
-        deadline = time.monotonic() + grace
-        while pids and time.monotonic() < deadline and marked_pids(value):  # (a zombie has no environ left)
-            time.sleep(0.2)
-
-
 def allocation_seconds(num_clients: int = 1_000_000, repeats: int = 3) -> float:
     """The fastest of ``repeats`` HASA allocations of ``num_clients`` clients (scores, sizes, caps)."""
     rng = np.random.default_rng(0)
@@ -114,7 +66,7 @@ def bench_one(app: Path, config: dict[str, Any], num_clients: int, work: Path, t
     home = Path(tempfile.mkdtemp(prefix="hasa-scale-"))
     ray_tmp = Path(tempfile.mkdtemp(prefix="rs", dir="/tmp"))
     env = {MARKER: value, "FLWR_HOME": str(home), "RAY_TMPDIR": str(ray_tmp),
-           "FLWR_LOCAL_SUPERLINK_HTTP_API_PORT": str(_free_port()), "FLWR_LOCAL_CONTROL_API_PORT": str(_free_port())}
+           "FLWR_LOCAL_SUPERLINK_HTTP_API_PORT": str(free_port()), "FLWR_LOCAL_CONTROL_API_PORT": str(free_port())}
     sampler = PeakRss(value)
     sampler.start()
     t0 = time.perf_counter()

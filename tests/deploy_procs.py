@@ -35,6 +35,7 @@ import httpx
 from flower_procs import BIN, alive, kill_tree
 
 from hasa_flwr.launch import RunOutcome, flwr_run, to_flwr_args
+from hasa_flwr.processes import pids_with_env
 
 HOST = "127.0.0.1"
 
@@ -156,21 +157,6 @@ def tail(path: Path, chars: int = 4000) -> str:
         return path.read_text(errors="replace")[-chars:]
     except OSError:
         return ""
-
-
-def pids_with_env(marker: str) -> list[int]:
-    """PIDs whose environment holds ``marker`` (e.g. FLWR_HOME=<our temp home>): the ServerApp,
-    ClientApp and SuperExec processes Flower starts inherit it, even detached ones."""
-    needle = marker.encode()
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit() and int(entry.name) != os.getpid():
-            try:
-                if needle in (entry / "environ").read_bytes().split(b"\0"):
-                    found.append(int(entry.name))
-            except OSError:
-                continue
-    return found
 
 
 def node_config_arg(config: dict[str, Any]) -> str:
