@@ -183,7 +183,7 @@ def _data_for(msg: Message, context: Context) -> tuple[Settings, ClientData, int
     checked_width(context, float(cfg["width"]))
     if bool(cfg.get("full-width", False)):
         checked_width(context, 1.0)
-    expected = str(cfg["vocab-hash"]) if "vocab-hash" in cfg else None
+    expected = expected_vocab(cfg)
     data, num_classes = client_data(settings, context, expected)
     return settings, data, num_classes
 
@@ -193,7 +193,7 @@ def query_score(msg: Message, context: Context) -> Message:
     server sent); only the scalar goes back."""
     settings = settings_from_run_config(context.run_config)
     cfg = msg.content["config"]
-    data, num_classes = client_data(settings, context, str(cfg["vocab-hash"]) if "vocab-hash" in cfg else None)
+    data, num_classes = client_data(settings, context, expected_vocab(cfg))
     own = data.label_counts(num_classes)[None, :]
     if str(cfg["score"]) == "jsd":
         score = jsd_to_pooled(own, np.asarray(msg.content["pooled"]["counts"], dtype=np.int64))[0]
@@ -236,7 +236,7 @@ def secure_contribution(msg: Message, context: Context) -> Message:
         counts, name = split.word_counts(), split.name
         vector = np.array([counts.get(w, 0) for w in candidates], dtype=np.float64)
     elif what == "labels":
-        data, num_classes = client_data(settings, context, str(cfg["vocab-hash"]) if "vocab-hash" in cfg else None)
+        data, num_classes = client_data(settings, context, expected_vocab(cfg))
         vector, name = data.label_counts(num_classes).astype(np.float64), data.name
     else:
         raise ValueError(f"unknown secure statistic '{what}'")
@@ -247,6 +247,11 @@ def secure_contribution(msg: Message, context: Context) -> Message:
     np.random.seed(hash_seed(settings.seed, zlib.crc32(what.encode()), zlib.crc32(name.encode())) % 2**32)
     fitres = FitRes(Status(Code.OK, ""), ndarrays_to_parameters([vector / scale]), num_examples=1, metrics={})
     return Message(compat.fitres_to_recorddict(fitres, False), reply_to=msg)
+
+
+def expected_vocab(cfg: ConfigRecord) -> str | None:
+    """The vocabulary hash a message names (text), so a device with another vocabulary is caught."""
+    return str(cfg["vocab-hash"]) if "vocab-hash" in cfg else None
 
 
 def query_loss(msg: Message, context: Context) -> Message:

@@ -8,9 +8,14 @@ them all (the `hasa bench scale` memory sampler, the shared Ray of `hasa sweep -
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
+import tempfile
 import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 MARKER = "HASA_MARKER"
@@ -63,3 +68,19 @@ def stop_marked(value: str, grace: float = 10.0) -> None:
         deadline = time.monotonic() + grace
         while pids and time.monotonic() < deadline and marked_pids(value):
             time.sleep(0.2)
+
+
+@contextmanager
+def private_flower(grace: float = 10.0) -> Iterator[dict[str, str]]:
+    """Environment entries that give the `flwr run`s made with them their own local SuperLink (FLWR_HOME,
+    ports), Ray session folder and marker; at exit every marked process is stopped and the folders removed."""
+    value = uuid.uuid4().hex
+    home = Path(tempfile.mkdtemp(prefix="hasa-flwr-"))
+    ray_tmp = Path(tempfile.mkdtemp(prefix="rh", dir="/tmp"))  # Ray's socket paths are length-limited
+    try:
+        yield {MARKER: value, "FLWR_HOME": str(home), "RAY_TMPDIR": str(ray_tmp),
+               "FLWR_LOCAL_SUPERLINK_HTTP_API_PORT": str(free_port()), "FLWR_LOCAL_CONTROL_API_PORT": str(free_port())}
+    finally:
+        stop_marked(value, grace)
+        shutil.rmtree(home, ignore_errors=True)
+        shutil.rmtree(ray_tmp, ignore_errors=True)

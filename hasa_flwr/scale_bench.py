@@ -13,12 +13,9 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
 import statistics
-import tempfile
 import threading
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +23,7 @@ import numpy as np
 
 from .allocation import allocate
 from .launch import app_defaults, flwr_run, merge_config
-from .processes import MARKER, free_port, marked_pids, rss_bytes, stop_marked
+from .processes import MARKER, marked_pids, private_flower, rss_bytes
 from .results import write_json_atomic
 
 class PeakRss(threading.Thread):
@@ -62,25 +59,19 @@ def allocation_seconds(num_clients: int = 1_000_000, repeats: int = 3) -> float:
 
 
 def bench_one(app: Path, config: dict[str, Any], num_clients: int, work: Path, timeout: float) -> dict[str, Any]:
-    value = uuid.uuid4().hex
-    home = Path(tempfile.mkdtemp(prefix="hasa-scale-"))
-    ray_tmp = Path(tempfile.mkdtemp(prefix="rs", dir="/tmp"))
-    env = {MARKER: value, "FLWR_HOME": str(home), "RAY_TMPDIR": str(ray_tmp),
-           "FLWR_LOCAL_SUPERLINK_HTTP_API_PORT": str(free_port()), "FLWR_LOCAL_CONTROL_API_PORT": str(free_port())}
-    sampler = PeakRss(value)
-    sampler.start()
-    t0 = time.perf_counter()
-    try:
-        with (work / f"m-{num_clients}.log").open("w") as log:
-            outcome = flwr_run(app, {**config, "num-clients": num_clients, "results-dir": str(work / f"m-{num_clients}")},
-                               num_supernodes=num_clients, env=env, log=log, timeout=timeout,
-                               federation_config=f"num-supernodes={num_clients} client-resources-num-cpus=1")
-    finally:
-        wall = time.perf_counter() - t0
-        peak = sampler.stop()
-        stop_marked(value)
-        shutil.rmtree(home, ignore_errors=True)
-        shutil.rmtree(ray_tmp, ignore_errors=True)
+    with private_flower() as env:
+        sampler = PeakRss(env[MARKER])
+        sampler.start()
+        t0 = time.perf_counter()
+        try:
+            with (work / f"m-{num_clients}.log").open("w") as log:
+                outcome = flwr_run(app, {**config, "num-clients": num_clients,
+                                         "results-dir": str(work / f"m-{num_clients}")},
+                                   num_supernodes=num_clients, env=env, log=log, timeout=timeout,
+                                   federation_config=f"num-supernodes={num_clients} client-resources-num-cpus=1")
+        finally:
+            wall = time.perf_counter() - t0
+            peak = sampler.stop()
     if outcome.results is None:
         raise RuntimeError(f"M={num_clients}: {outcome.error or 'no results.json'} (log: {work / f'm-{num_clients}.log'})")
     res = json.loads(outcome.results.read_text())

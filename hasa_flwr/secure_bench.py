@@ -20,11 +20,10 @@ from typing import Any
 import numpy as np
 from flwr.app import ConfigRecord, Context, Message, RecordDict
 
-from .allocation import allocate
 from .config import Settings, settings_from_run_config
 from .data.prepare import write_vocab
 from .loopback import LoopbackGrid
-from .phases import scores_round, vocabulary_round
+from .phases import allocation_round, scores_round, vocabulary_round
 from .results import write_json_atomic
 from .strategy import ClientInfo, query_stats
 
@@ -54,10 +53,8 @@ def statistics_phases(run_config: dict, drop: Callable[[Message, int], bool] | N
 
 
 def widths(settings: Settings, clients: list[ClientInfo], scores: dict[int, float]) -> np.ndarray:
-    caps = np.array([c.node_cap if c.node_cap is not None else settings.width_caps[c.partition_id] for c in clients])
-    return allocate(settings.allocation, np.array([scores[c.node_id] for c in clients]),
-                    np.array([c.n_train for c in clients]), budget=settings.budget, w_min=settings.width_min,
-                    w_max=settings.width_max, caps=caps, seed=settings.seed).widths
+    """The run's own allocation phase on these scores."""
+    return allocation_round(settings, clients, np.array([scores[c.node_id] for c in clients]), None).widths
 
 
 def compare_seed(run_config: dict, candidates: str, workdir: Path) -> dict[str, Any]:

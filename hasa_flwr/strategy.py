@@ -256,25 +256,22 @@ class HasaStrategy(Strategy):
         for c in self.clients.values():
             log(INFO, "\t│\tclient %d (%s): n=%d width=%.3f", c.partition_id, c.name, c.n_train, c.width)
 
+    # per-round counters a checkpoint keeps (JSON object keys are strings: rounds go back to int)
+    ROUND_MAPS = ("_losses", "_train_seconds", "_trained", "_server_seconds", "_bytes")
+
     def progress(self) -> dict[str, object]:
         """What a checkpoint keeps of this strategy (see checkpoint.py)."""
         return {"history": self.history, "rejected": self.rejected, "exchanges": self.exchanges,
-                "train_loss": self._train_loss, "losses": {str(k): v for k, v in self._losses.items()},
-                "train_seconds": {str(k): v for k, v in self._train_seconds.items()},
-                "trained": {str(k): v for k, v in self._trained.items()},
-                "server_seconds": {str(k): v for k, v in self._server_seconds.items()},
-                "bytes": {str(k): v for k, v in self._bytes.items()}}
+                "train_loss": self._train_loss,
+                **{name[1:]: {str(k): v for k, v in getattr(self, name).items()} for name in self.ROUND_MAPS}}
 
     def restore(self, progress: dict, done_rounds: int) -> None:
         """Continue after ``done_rounds`` rounds from a checkpoint's ``progress``."""
         self.offset = done_rounds
         self.history, self.rejected = list(progress["history"]), list(progress["rejected"])
         self.exchanges, self._train_loss = dict(progress["exchanges"]), float(progress["train_loss"])
-        self._losses = {int(k): v for k, v in progress["losses"].items()}
-        self._train_seconds = {int(k): v for k, v in progress["train_seconds"].items()}
-        self._trained = {int(k): v for k, v in progress["trained"].items()}
-        self._server_seconds = {int(k): v for k, v in progress["server_seconds"].items()}
-        self._bytes = {int(k): v for k, v in progress["bytes"].items()}
+        for name in self.ROUND_MAPS:
+            setattr(self, name, {int(k): v for k, v in progress[name[1:]].items()})
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
