@@ -12,6 +12,7 @@ from flwr.serverapp import Grid, ServerApp
 from hasa_flwr.checkpoint import allocation_record, claim, read_checkpoint, write_checkpoint
 from hasa_flwr.config import settings_from_run_config
 from hasa_flwr.data import vocab_hash
+from hasa_flwr.polling import prompt
 from hasa_flwr.phases import (allocation_round, check_resumable, delivery_round, initial_supernet, restore_roster,
                               roster_record, scores_round, vocabulary_round)
 from hasa_flwr.results import build_results, format_table, results_path, write_json_atomic
@@ -38,6 +39,7 @@ def main(grid: Grid, context: Context) -> None:
 
 def run(grid: Grid, context: Context) -> None:
     settings = settings_from_run_config(context.run_config)
+    grid = prompt(grid, settings.reply_poll)
     resumed = read_checkpoint(settings.resume_from) if settings.resume_from else None
     run_dir = Path(settings.resume_from).expanduser().absolute() if resumed else \
         results_path(settings.results_dir, context.run_id).parent

@@ -188,6 +188,34 @@ def cmd_bench_scale(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_deploy(args: argparse.Namespace) -> int:
+    from .deploy_bench import bench_deploy
+
+    caps = parse_floats("--caps", args.caps, 0.0, 1.0)
+    polls = parse_floats("--reply-poll", args.reply_poll, 0.01, 60.0)
+    if len(caps) < 2:
+        raise ValueError(f"--caps needs one width cap in (0, 1] per SuperNode, at least 2, got {args.caps!r}")
+    if args.superexec_poll is not None and not 0.01 <= args.superexec_poll <= 60:
+        raise ValueError(f"--superexec-poll must be 0.01-60 seconds (Flower's range), got {args.superexec_poll}")
+    if args.rounds < 3:
+        raise ValueError(f"--rounds must be at least 3 (rounds 2..R-1 are compared), got {args.rounds}")
+    bench_deploy(Path(args.app).resolve(), rounds=args.rounds, caps=caps, reply_polls=polls,
+                 superexec_poll=args.superexec_poll, out=Path(args.out).resolve())
+    print((Path(args.out) / "deploy.md").read_text(), end="")
+    return 0
+
+
+def parse_floats(option: str, text: str, low: float, high: float) -> tuple[float, ...]:
+    """Comma-separated numbers in (low, high]."""
+    try:
+        values = tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise ValueError(f"{option} must be comma-separated numbers, got {text!r}") from None
+    if not values or any(not low < v <= high for v in values):
+        raise ValueError(f"{option} values must lie in ({low:g}, {high:g}], got {text!r}")
+    return values
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from .export import ExportMismatch, export_model
 
@@ -444,6 +472,17 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--out", required=True, help="folder for scale.json, scale.md and the runs")
     sc.add_argument("--app", default=".", help="the hasa-flwr app folder (default: .)")
     sc.set_defaults(func=cmd_bench_scale)
+    de = bsub.add_parser("deploy", help="seconds per round in a real deployment (SuperLink + SuperNodes on 127.0.0.1): "
+                                        "hasa-flwr vs a no-op ClientApp (Flower's floor), and their ratio")
+    de.add_argument("--rounds", type=int, default=6, help="rounds per run; rounds 2..R-1 are compared (default 6)")
+    de.add_argument("--caps", default="0.8,0.5,0.3", help="one SuperNode per width cap (default 0.8,0.5,0.3)")
+    de.add_argument("--reply-poll", default="0.2,3",
+                    help="run config reply-poll values to compare; 3 = Flower's own interval (default 0.2,3)")
+    de.add_argument("--superexec-poll", type=float, default=None, metavar="SECONDS",
+                    help="FLWR_SUPEREXEC_TASK_POLL_INTERVAL for the SuperLink and SuperNodes (default: Flower's 1 s)")
+    de.add_argument("--out", required=True, help="folder for deploy.json, deploy.md and the runs' logs")
+    de.add_argument("--app", default=".", help="the hasa-flwr app folder (default: .)")
+    de.set_defaults(func=cmd_bench_deploy)
     add_model_commands(sub, bsub)
     return parser
 

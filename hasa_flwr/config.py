@@ -82,6 +82,7 @@ class Settings:
     fraction_train: float = 1.0        # clients sampled per training round (seeded; the same for every strategy)
     fraction_evaluate: float = 1.0     # clients evaluating each intermediate round's model (the final covers all)
     round_deadline: float = 0.0        # seconds a round waits for replies (0: round-timeout); late ones are left out
+    reply_poll: float = 0.2            # deployment: seconds between the ServerApp's pulls for replies (Flower: 3)
     resume_from: str = ""              # a run folder with checkpoints: continue that run from its last complete round
 
     @property
@@ -268,6 +269,7 @@ def settings_from_run_config(rc: dict[str, Any]) -> Settings:
         fraction_train=fraction("fraction-train", float(rc["fraction-train"])),
         fraction_evaluate=fraction("fraction-evaluate", float(rc["fraction-evaluate"])),
         round_deadline=non_negative("round-deadline", float(rc["round-deadline"])),
+        reply_poll=poll_interval(float(rc["reply-poll"])),
         resume_from=str(rc["resume-from"]),
     )
 
@@ -275,6 +277,13 @@ def settings_from_run_config(rc: dict[str, Any]) -> Settings:
 def fraction(key: str, value: float) -> float:
     if not 0.0 < value <= 1.0:
         raise ValueError(f"{key} must be in (0, 1] (the share of clients per round), got {value}")
+    return value
+
+
+def poll_interval(value: float) -> float:
+    if not 0.01 <= value <= 60:
+        raise ValueError(f"reply-poll must be between 0.01 and 60 seconds (how often the server checks for replies; "
+                         f"Flower's own interval is 3), got {value}")
     return value
 
 

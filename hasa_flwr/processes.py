@@ -11,6 +11,7 @@ import os
 import shutil
 import signal
 import socket
+import sys
 import tempfile
 import time
 import uuid
@@ -19,6 +20,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 MARKER = "HASA_MARKER"
+BIN = Path(sys.executable).parent   # flwr, flower-superlink, flower-supernode of this environment
 
 
 def free_port() -> int:
@@ -84,3 +86,71 @@ def private_flower(grace: float = 10.0) -> Iterator[dict[str, str]]:
         stop_marked(value, grace)
         shutil.rmtree(home, ignore_errors=True)
         shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
+def children_map() -> dict[int, list[int]]:
+    out: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            out.setdefault(ppid, []).append(int(entry.name))
+    return out
+
+
+def session_members(sid: int) -> list[int]:
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if os.getsid(int(entry.name)) == sid:
+                    pids.append(int(entry.name))
+            except OSError:
+                continue
+    return pids
+
+
+def descendants(pid: int) -> list[int]:
+    """``pid`` and every process below it."""
+    tree, todo, seen = children_map(), [pid], []
+    while todo:
+        p = todo.pop()
+        seen.append(p)
+        todo.extend(tree.get(p, []))
+    return seen
+
+
+def alive(pid: int) -> bool:
+    """Running (a zombie is not)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def kill_tree(pid: int, timeout: float = 10.0) -> None:
+    """SIGTERM ``pid``, its descendants and its session (it was started with a new session), then
+    SIGKILL whatever is left (Ray's agents may ignore SIGTERM)."""
+    pids = set(descendants(pid)) | set(session_members(pid)) - {os.getpid()}
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for p in pids:
+            try:
+                os.kill(p, sig)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and any(alive(p) for p in pids):
+            time.sleep(0.2)
+        pids |= set(session_members(pid)) - {os.getpid()}
+
+
+def kill_tree_now(pid: int) -> None:
+    """SIGKILL ``pid`` and its descendants at once (a power cut, not a shutdown)."""
+    for p in descendants(pid):
+        try:
+            os.kill(p, signal.SIGKILL)
+        except ProcessLookupError:
+            pass

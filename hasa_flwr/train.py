@@ -14,6 +14,7 @@ from torch.func import functional_call
 
 from .data import IGNORE_INDEX
 from .models import build_model
+from .optimizers import SGD, Adam
 from .subnet import gather, select_units, sub_sizes
 
 OPTIMIZERS = ("sgd", "adam")
@@ -48,11 +49,12 @@ class OrderedDropout:
         return functional_call(self._skeletons[p], sliced, (x,))
 
 
-def make_optimizer(name: str, params, lr: float, momentum: float) -> torch.optim.Optimizer:
+def make_optimizer(name: str, params, lr: float, momentum: float) -> SGD | Adam:
+    """torch.optim's SGD or Adam arithmetic (hasa_flwr.optimizers: without importing torch.compile)."""
     if name == "sgd":
-        return torch.optim.SGD(params, lr=lr, momentum=momentum)
+        return SGD(params, lr=lr, momentum=momentum)
     if name == "adam":
-        return torch.optim.Adam(params, lr=lr)
+        return Adam(params, lr=lr)
     raise ValueError(f"unknown optimizer '{name}': choose one of {', '.join(OPTIMIZERS)}")
 
 
@@ -82,7 +84,7 @@ def train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epochs: int, ba
             else:
                 logits = model(xb)
             loss = loss_fn(logits, yb)
-            opt.zero_grad(set_to_none=True)
+            opt.zero_grad()
             loss.backward()
             if clip > 0:
                 nn.utils.clip_grad_norm_(model.parameters(), clip)

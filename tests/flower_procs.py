@@ -8,10 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
-import socket
 import subprocess
-import sys
 import tempfile
 import time
 from contextlib import contextmanager
@@ -19,70 +16,7 @@ from pathlib import Path
 
 import httpx
 
-BIN = Path(sys.executable).parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def children_map() -> dict[int, list[int]]:
-    out: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            out.setdefault(ppid, []).append(int(entry.name))
-    return out
-
-
-def session_members(sid: int) -> list[int]:
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if os.getsid(int(entry.name)) == sid:
-                    pids.append(int(entry.name))
-            except OSError:
-                continue
-    return pids
-
-
-def descendants(pid: int) -> list[int]:
-    tree, todo, seen = children_map(), [pid], []
-    while todo:
-        p = todo.pop()
-        seen.append(p)
-        todo.extend(tree.get(p, []))
-    return seen
-
-
-def kill_tree(pid: int, timeout: float = 10.0) -> None:
-    """SIGTERM ``pid``, its descendants and its session (it was started with a new session), then
-    SIGKILL whatever is left (Ray's agents may ignore SIGTERM)."""
-    pids = set(descendants(pid)) | set(session_members(pid)) - {os.getpid()}
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        for p in pids:
-            try:
-                os.kill(p, sig)
-            except ProcessLookupError:
-                pass
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and any(alive(p) for p in pids):
-            time.sleep(0.2)
-        pids |= set(session_members(pid)) - {os.getpid()}
-
-
-def alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+from hasa_flwr.processes import BIN, free_port, kill_tree
 
 
 def wait_http(url: str, proc: subprocess.Popen, timeout: float = 30.0) -> None:

@@ -1,6 +1,6 @@
 """End to end in deployment mode: a real SuperLink and 3 SuperNodes on 127.0.0.1, the real
 `flwr run <app> <connection> --stream`, devices with different compute caps (node config
-`max-width`). Every process is started by tests/deploy_procs.py and stopped by PID, also on failure.
+`max-width`). Every process is started by hasa_flwr/deployment.py and stopped by PID, also on failure.
 
 Slow on purpose (each message starts a fresh `flwr-clientapp` process that imports torch):
 about 2-3 minutes per test on a 2-core machine. See docs/DEPLOYMENT.md.
@@ -19,10 +19,13 @@ from pathlib import Path
 import httpx
 import pytest
 from conftest import ROOT
-from deploy_procs import BIN, _start, deployment, free_ports, make_node_keys, pids_with_env, run_app
-from flower_procs import alive
 
+from hasa_flwr.credentials import make_node_keys
+from hasa_flwr.deploy_bench import one_run
+from hasa_flwr.deployment import deployment, free_ports, run_app, start_process
 from hasa_flwr.launch import to_flwr_args
+from hasa_flwr.noop_app import write_noop_app
+from hasa_flwr.processes import BIN, alive, pids_with_env
 
 CAPS = (0.8, 0.5, 0.3)          # one device per cap: the widest, a mid-range and a weak one
 BUDGET = 0.4
@@ -89,6 +92,13 @@ def test_deploy_insecure_mixed_caps(tmp_path):
         # every device has a cap below 1: none receives (or builds) the full supernet
         assert all(c["full_width_accuracy"] is None for c in res["clients"])
         assert "round 2: mean accuracy" in log and "(3 clients)" in log
+        # `hasa bench deploy`'s floor under the same SuperLink and SuperNodes: the no-op app, one message per
+        # device per round, each in its own flwr-clientapp process
+        noop = one_run(dep, write_noop_app(tmp_path / "noop"), {"num-clients": 3, "num-server-rounds": 3}, tmp_path,
+                       "noop")
+        assert len(noop["rounds_s"]) == 3 and all(s > 0 for s in noop["rounds_s"])
+        # a process per message (3 devices x 3 rounds; the sampler may also catch the hasa run's last one exiting)
+        assert noop["clientapp_processes"] >= 9, dep.logs()
     assert_all_stopped(marker)
 
 
@@ -104,7 +114,7 @@ def test_deploy_tls_mixed_caps(tmp_path):
         private, _ = make_node_keys(dep.home / "keys", "rogue")
         port, = free_ports(1)
         rogue_log = dep.home / "rogue.log"
-        rogue = _start([str(BIN / "flower-supernode"), "--superlink", dep.address, "--port", str(port),
+        rogue = start_process([str(BIN / "flower-supernode"), "--superlink", dep.address, "--port", str(port),
                         "--root-certificates", str(dep.tls.ca_cert), "--auth-supernode-private-key", str(private),
                         "--node-config", "partition-id=0 num-partitions=3"], dep.env, rogue_log)
         dep.started.append(rogue.pid)

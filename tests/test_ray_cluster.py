@@ -13,8 +13,9 @@ import uuid
 from pathlib import Path
 
 from conftest import ROOT
-from deploy_procs import pids_with_env
-from flower_procs import BIN, alive, free_port, kill_tree, simulation_superlink
+from flower_procs import simulation_superlink
+
+from hasa_flwr.processes import BIN, alive, free_port, kill_tree, pids_with_env
 
 from hasa_flwr.launch import flwr_run
 

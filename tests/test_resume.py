@@ -11,8 +11,9 @@ import time
 import pytest
 import torch
 from conftest import ROOT
-from deploy_procs import pids_with_env
-from flower_procs import alive, kill_tree, simulation_superlink
+from flower_procs import simulation_superlink
+
+from hasa_flwr.processes import alive, kill_tree, pids_with_env
 
 from hasa_flwr.allocation import Allocation
 from hasa_flwr.checkpoint import (LATEST, ResumeError, allocation_from_record, allocation_record, claim,

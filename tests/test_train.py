@@ -206,6 +206,53 @@ def test_train_skips_batches_without_labels():
         assert torch.equal(v, snapshot[k])
 
 
+def torch_optim(name: str, params, lr: float, momentum: float) -> torch.optim.Optimizer:
+    return torch.optim.SGD(params, lr=lr, momentum=momentum) if name == "sgd" else torch.optim.Adam(params, lr=lr)
+
+
+@pytest.mark.parametrize("optimizer,momentum,ordered", [("adam", 0.0, False), ("sgd", 0.0, False),
+                                                         ("sgd", 0.9, False), ("adam", 0.0, True)])
+@pytest.mark.parametrize("model", ["lstm", "cnn"])
+def test_optimizers_match_torch_optim_bit_for_bit(monkeypatch, optimizer, momentum, ordered, model):
+    """hasa_flwr.optimizers does torch.optim's arithmetic: the trained parameters are identical."""
+    import hasa_flwr.train as train_module
+
+    sizes = SIZES if model == "lstm" else {"c1": 4, "c2": 6}
+    if model == "lstm":
+        x, y = data(n=40)
+        classes, shape = V, None
+    else:
+        g = torch.Generator().manual_seed(3)
+        x, y, classes, shape = torch.rand(40, 1, 8, 8, generator=g), torch.randint(0, 5, (40,), generator=g), 5, (1, 8, 8)
+    trained = []
+    for make in (train_module.make_optimizer, torch_optim):
+        monkeypatch.setattr(train_module, "make_optimizer", make)
+        torch.manual_seed(0)
+        net = build_model(model, classes, sizes, 0.8, input_shape=shape)
+        fjord = OrderedDropout(model, classes, sizes, 0.8, input_shape=shape) if ordered else None
+        loss = train(net, x, y, epochs=3, batch_size=8, lr=0.01, optimizer=optimizer, momentum=momentum, seed=1,
+                     ordered=fjord)
+        trained.append((loss, net.state_dict()))
+    (ours_loss, ours), (ref_loss, ref) = trained
+    assert ours_loss == ref_loss
+    assert all(torch.equal(ours[k], ref[k]) for k in ref)
+    assert any(not torch.equal(ref[k], v) for k, v in build_model(model, classes, sizes, 0.8,
+                                                                   input_shape=shape).state_dict().items())
+
+
+def test_no_torch_compile_import_to_train():
+    """A device's per-message process never imports torch._dynamo (about 0.9 CPU-seconds) to train."""
+    import subprocess
+    import sys
+
+    code = ("import sys, torch; from hasa_flwr.models import build_model; from hasa_flwr.train import train; "
+            "m = build_model('lstm', 9, {'embed': 4, 'hidden': 4}); x = torch.randint(0, 9, (8, 5)); "
+            "train(m, x, x, epochs=1, batch_size=4, lr=0.01, seed=0, optimizer='adam'); "
+            "print('torch._dynamo' in sys.modules)")
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                          timeout=120).stdout.strip() == "False"
+
+
 def test_unknown_optimizer():
     with pytest.raises(ValueError, match="unknown optimizer"):
         make_optimizer("lbfgs", supernet().parameters(), 0.1, 0.0)

@@ -1,0 +1,106 @@
+"""`hasa bench deploy`'s parts without a deployment: the prompt grid's reply loop, the no-op app's
+imports, the compared rounds, the report table and the command's one-line errors. (The no-op app
+runs for real in tests/test_deploy.py.)"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from types import SimpleNamespace
+
+import pytest
+from flwr.superlink.grid.inmemory_grid import InMemoryGrid
+
+from hasa_flwr.deploy_bench import compared, markdown
+from hasa_flwr.noop_app import write_noop_app
+from hasa_flwr.polling import PromptGrid, prompt
+
+
+class SlowGrid:
+    """Replies (only their reply-to ids) become available ``delays`` seconds after the push."""
+
+    def __init__(self, delays: list[float]) -> None:
+        self.delays, self.pulls = delays, 0
+
+    def push_messages(self, messages):
+        self.pushed = time.monotonic()
+        self.ids = [f"m{i}" for i, _ in enumerate(messages)]
+        return list(self.ids)
+
+    def pull_messages(self, ids):
+        self.pulls += 1
+        now, ready = time.monotonic(), []
+        for i, d in zip(self.ids, self.delays):
+            if i in ids and now - self.pushed >= d:
+                ready.append(SimpleNamespace(metadata=SimpleNamespace(reply_to_message_id=i)))
+        return ready
+
+
+def messages(n: int) -> list[SimpleNamespace]:
+    """Stand-ins: the prompt grid hands messages to push_messages untouched."""
+    return [SimpleNamespace(dst_node_id=i + 1) for i in range(n)]
+
+
+def test_prompt_grid_collects_replies_at_its_interval():
+    slow = SlowGrid([0.1, 0.3, 0.5])
+    start = time.monotonic()
+    replies = PromptGrid(slow, 0.05).send_and_receive(messages(3), timeout=10)
+    took = time.monotonic() - start
+    assert sorted(m.metadata.reply_to_message_id for m in replies) == ["m0", "m1", "m2"]
+    assert 0.5 <= took < 1.5          # Flower's HttpGrid would sleep 3 s after its first empty pull
+    assert slow.pulls >= 5
+
+
+def test_prompt_grid_returns_what_came_before_the_timeout():
+    slow = SlowGrid([0.05, 30.0])
+    start = time.monotonic()
+    replies = PromptGrid(slow, 0.5).send_and_receive(messages(2), timeout=0.4)
+    assert [m.metadata.reply_to_message_id for m in replies] == ["m0"]
+    assert time.monotonic() - start < 1.0   # the last sleep is cut to the timeout
+
+
+def test_simulation_grid_is_left_alone():
+    grid = InMemoryGrid.__new__(InMemoryGrid)   # the type is what matters; no state needed
+    assert prompt(grid, 0.2) is grid
+    assert isinstance(prompt(object.__new__(PromptGrid), 0.2), PromptGrid)
+
+
+def test_noop_app_imports_only_flower(tmp_path):
+    """Its ClientApp process must not pay for torch or hasa-flwr: it is the floor."""
+    folder = write_noop_app(tmp_path / "noop")
+    code = "import sys, noop_app; print(sorted(m for m in ('torch', 'hasa_flwr', 'numpy.random') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], cwd=folder, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "torch" not in out.stdout and "hasa_flwr" not in out.stdout
+    assert (folder / "pyproject.toml").read_text().count("noop_app:") == 2
+
+
+def test_compared_rounds():
+    assert compared([9.0, 5.0, 6.0, 12.0]) == [5.0, 6.0]
+    assert compared([3.0, 4.0]) == [3.0, 4.0]
+
+
+def test_report_table():
+    run = {"median_round_s": 4.0, "clientapp_cpu_s": 2.0, "clientapp_lifetime_s": 3.0}
+    table = markdown({"caps": [0.8, 0.5], "rounds": 6, "superexec_poll_s": 1.0, "cpus": 2,
+                      "runs": [{"reply_poll_s": 0.2, "hasa": {**run, "median_round_s": 6.5}, "noop": run,
+                                "ratio_to_noop": 1.625, "speedup_vs_before": 4.0}]})
+    assert "| 0.2 s | 6.50 | 4.00 | 1.62 | 4.0x faster | 2.00 / 2.00 | 3.00 / 3.00 |" in table
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--caps", "0.8"], "--caps needs one width cap"),
+    (["--caps", "0.8,1.5"], "--caps values must lie in"),
+    (["--caps", "a,b"], "--caps must be comma-separated numbers"),
+    (["--reply-poll", "0"], "--reply-poll values must lie in"),
+    (["--rounds", "2"], "--rounds must be at least 3"),
+    (["--superexec-poll", "0.001"], "--superexec-poll must be"),
+])
+def test_bench_deploy_bad_options(tmp_path, args, message):
+    out = subprocess.run([sys.executable, "-m", "hasa_flwr.cli", "bench", "deploy", "--out", str(tmp_path / "o"),
+                          *args], capture_output=True, text=True, timeout=120)
+    assert out.returncode != 0
+    lines = [line for line in out.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and message in lines[0], out.stderr
+    assert not (tmp_path / "o").exists()
