@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import statistics
 import tempfile
 import threading
@@ -87,6 +88,8 @@ def one_run(dep, app: Path, overrides: dict[str, Any], out: Path, name: str) -> 
     if outcome.results is None:
         raise RuntimeError(f"{name}: the run failed ({outcome.error or 'no results'}); see {out / f'{name}.log'}")
     rounds = [h["seconds"] for h in json.loads(outcome.results.read_text())["history"]]
+    for folder in ("checkpoints", "model", "clients"):  # keep results.json and the log, not the bench's models
+        shutil.rmtree(outcome.results.parent / folder, ignore_errors=True)
     return {"rounds_s": rounds, "median_round_s": statistics.median(compared(rounds)), "run_s": total, **procs}
 
 
