@@ -1,8 +1,8 @@
-"""Flower ClientApp: routes each message type to hasa_flwr.client."""
+"""Flower ClientApp: routes each message type to hasa_flwr.federation.client."""
 
 from flwr.clientapp import ClientApp
 
-from hasa_flwr import client
+from hasa_flwr.federation import client
 
 app = ClientApp()
 app.query("vocab")(client.query_vocab)

@@ -1,5 +1,5 @@
 """Flower ServerApp: vocabulary round -> query round -> scores -> allocation -> HASA rounds -> models ->
-results.json (the phases are in hasa_flwr/phases.py)."""
+results.json (the phases are in hasa_flwr/federation/phases.py)."""
 
 from logging import ERROR, INFO
 from pathlib import Path
@@ -9,16 +9,16 @@ from flwr.app import ArrayRecord, ConfigRecord, Context
 from flwr.common import log
 from flwr.serverapp import Grid, ServerApp
 
-from hasa_flwr.checkpoint import allocation_record, claim, read_checkpoint, write_checkpoint
-from hasa_flwr.config import settings_from_run_config
+from hasa_flwr.federation.checkpoint import allocation_record, claim, read_checkpoint, write_checkpoint
+from hasa_flwr.federation.config import settings_from_run_config
 from hasa_flwr.data import vocab_hash
-from hasa_flwr.polling import prompt
-from hasa_flwr.phases import (allocation_round, check_resumable, delivery_round, initial_supernet, restore_roster,
+from hasa_flwr.federation.polling import prompt
+from hasa_flwr.federation.phases import (allocation_round, check_resumable, delivery_round, initial_supernet, restore_roster,
                               roster_record, scores_round, vocabulary_round)
-from hasa_flwr.results import build_results, format_table, results_path, write_json_atomic
-from hasa_flwr.run_models import CLIENTS, meta_for, save_run_models
-from hasa_flwr.secure_stats import SecureSum
-from hasa_flwr.strategy import FederationError, HasaStrategy, query_stats, wait_for_nodes
+from hasa_flwr.federation.results import build_results, format_table, results_path, write_json_atomic
+from hasa_flwr.federation.run_models import CLIENTS, meta_for, save_run_models
+from hasa_flwr.federation.secure_stats import SecureSum
+from hasa_flwr.federation.strategy import FederationError, HasaStrategy, query_stats, wait_for_nodes
 
 app = ServerApp()
 

@@ -6,10 +6,10 @@ import argparse
 import sys
 from pathlib import Path
 
-from .data import DataError
-from .config import settings_from_run_config
-from .launch import app_defaults, flwr_run, merge_config, preflight, read_preset
-from .sweep import RunFailed, SweepError, pin_paths
+from hasa_flwr.data import DataError
+from hasa_flwr.federation.config import settings_from_run_config
+from hasa_flwr.study.launch import app_defaults, flwr_run, merge_config, preflight, read_preset
+from hasa_flwr.study.sweep import RunFailed, SweepError, pin_paths
 
 
 def parse_overrides(items: list[str]) -> dict:
@@ -26,7 +26,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     app = Path(args.app).resolve()
     overrides = parse_overrides(args.run_config)
     if args.resume:  # the recorded run config, so the run goes on exactly as it started
-        from .checkpoint import read_checkpoint
+        from hasa_flwr.federation.checkpoint import read_checkpoint
 
         folder = Path(args.resume).expanduser().absolute()
         recorded = read_checkpoint(folder).progress["run_config"]
@@ -48,7 +48,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from .sweep import parse_seeds, parse_sets, parse_strategies, sweep
+    from hasa_flwr.study.sweep import parse_seeds, parse_sets, parse_strategies, sweep
 
     def go(env=None):
         return sweep(Path(args.app), Path(args.out), preset=args.preset, strategies=parse_strategies(args.strategies),
@@ -59,7 +59,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         if args.jobs > 1:
             raise ValueError("--shared-ray runs one run at a time (Flower sizes each run's actors from the whole "
                              "Ray, so concurrent runs on one Ray wait for each other): drop --jobs or --shared-ray")
-        from .shared_ray import shared_ray
+        from hasa_flwr.study.shared_ray import shared_ray
 
         with shared_ray() as env:
             outcome = go(env)
@@ -75,7 +75,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def cmd_split(args: argparse.Namespace) -> int:
-    from .data.prepare import split_by_column
+    from hasa_flwr.data.prepare import split_by_column
 
     files = split_by_column(args.file, args.client_column, args.out)
     print(f"split: {len(files)} client files in {Path(args.out).absolute()}")
@@ -83,7 +83,7 @@ def cmd_split(args: argparse.Namespace) -> int:
 
 
 def cmd_vocab(args: argparse.Namespace) -> int:
-    from .data.prepare import vocab_from_files, write_vocab
+    from hasa_flwr.data.prepare import vocab_from_files, write_vocab
 
     vocab = vocab_from_files(args.files, text_column=args.text_column, min_count=args.min_count, seed=args.seed,
                              test_fraction=args.test_fraction, max_title_words=args.max_title_words)
@@ -93,7 +93,7 @@ def cmd_vocab(args: argparse.Namespace) -> int:
 
 
 def cmd_candidates(args: argparse.Namespace) -> int:
-    from .data.prepare import candidate_words, write_vocab
+    from hasa_flwr.data.prepare import candidate_words, write_vocab
 
     words = candidate_words(args.source, args.top)
     path = write_vocab(words, args.out)
@@ -102,8 +102,8 @@ def cmd_candidates(args: argparse.Namespace) -> int:
 
 
 def cmd_grid(args: argparse.Namespace) -> int:
-    from .grid import read_grid, run_grid
-    from .sweep import parse_seeds
+    from hasa_flwr.study.grid import read_grid, run_grid
+    from hasa_flwr.study.sweep import parse_seeds
 
     grid = read_grid(args.grid)
     cells = [c for c in args.cells.split(",") if c] if args.cells else None
@@ -118,8 +118,8 @@ def cmd_grid(args: argparse.Namespace) -> int:
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
-    from .report import write_calibration
-    from .sweep import calibrate, parse_seeds, parse_sets
+    from hasa_flwr.study.report import write_calibration
+    from hasa_flwr.study.sweep import calibrate, parse_seeds, parse_sets
 
     outcome = calibrate(Path(args.app), Path(args.out), preset=args.preset, seeds=parse_seeds(args.seeds),
                         sets=parse_sets(args.set), federation_config=args.federation_config,
@@ -129,7 +129,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         print(f"hasa: error: {key} failed: {why}", file=sys.stderr)
     if outcome.failed:
         return 1
-    from .report import calibration_markdown
+    from hasa_flwr.study.report import calibration_markdown
 
     calib = write_calibration(Path(args.out))
     print(calibration_markdown(calib))
@@ -139,10 +139,10 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     if args.grid or not args.folder:
-        from .grid_report import cmd_report_grid
+        from hasa_flwr.study.grid_report import cmd_report_grid
 
         return cmd_report_grid(args)
-    from .report import write_report
+    from hasa_flwr.study.report import write_report
 
     paths = write_report(Path(args.folder), calibration=[Path(c) for c in args.calibration],
                          out=Path(args.out) if args.out else None, compare=Path(args.compare) if args.compare else None)
@@ -152,8 +152,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from .bench import overhead
-    from .sweep import parse_sets
+    from hasa_flwr.study.bench import overhead
+    from hasa_flwr.study.sweep import parse_sets
 
     overhead(Path(args.app), preset=args.preset, rounds=args.rounds, sets=parse_sets(args.set),
              num_cpus=args.num_cpus, plain_threads=args.plain_threads, repeat=args.repeat,
@@ -162,9 +162,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_bench_secure(args: argparse.Namespace) -> int:
-    from .launch import app_defaults, merge_config, read_preset
-    from .secure_bench import bench_secure, write_bench
-    from .sweep import parse_seeds, parse_sets
+    from hasa_flwr.study.launch import app_defaults, merge_config, read_preset
+    from hasa_flwr.study.secure_bench import bench_secure, write_bench
+    from hasa_flwr.study.sweep import parse_seeds, parse_sets
 
     config = merge_config(app_defaults(Path(args.app)), {**(read_preset(args.preset) if args.preset else {}),
                                                          **parse_sets(args.set)})
@@ -176,8 +176,8 @@ def cmd_bench_secure(args: argparse.Namespace) -> int:
 
 
 def cmd_bench_scale(args: argparse.Namespace) -> int:
-    from .scale_bench import bench_scale
-    from .sweep import parse_sets
+    from hasa_flwr.study.scale_bench import bench_scale
+    from hasa_flwr.study.sweep import parse_sets
 
     clients = [int(v) for v in args.clients.split(",") if v]
     if not clients or min(clients) < 2:
@@ -189,7 +189,7 @@ def cmd_bench_scale(args: argparse.Namespace) -> int:
 
 
 def cmd_bench_deploy(args: argparse.Namespace) -> int:
-    from .deploy_bench import bench_deploy
+    from hasa_flwr.study.deploy_bench import bench_deploy
 
     caps = parse_floats("--caps", args.caps, 0.0, 1.0)
     polls = parse_floats("--reply-poll", args.reply_poll, 0.01, 60.0)
@@ -217,7 +217,7 @@ def parse_floats(option: str, text: str, low: float, high: float) -> tuple[float
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from .export import ExportMismatch, export_model
+    from hasa_flwr.export import ExportMismatch, export_model
 
     try:
         report = export_model(args.path, args.out, fmt=args.format, client=args.client, width=args.width)
@@ -229,14 +229,14 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from .predict import predict_lines
+    from hasa_flwr.predict import predict_lines
 
     print("\n".join(predict_lines(args.path, args.input, client=args.client, width=args.width)))
     return 0
 
 
 def cmd_bench_widths(args: argparse.Namespace) -> int:
-    from .widths_bench import DEFAULT_WIDTHS, bench_widths, markdown, parse_widths, write_bench
+    from hasa_flwr.study.widths_bench import DEFAULT_WIDTHS, bench_widths, markdown, parse_widths, write_bench
 
     widths = parse_widths(args.widths) if args.widths else list(DEFAULT_WIDTHS)
     result = bench_widths(args.run_dir, widths, repeats=args.repeats, warmup=args.warmup)
@@ -348,7 +348,7 @@ def build_parser() -> argparse.ArgumentParser:
                           "its recorded run config; results.json is written there")
     run.set_defaults(func=cmd_run)
 
-    from .config import STRATEGIES
+    from hasa_flwr.federation.config import STRATEGIES
 
     sw = sub.add_parser("sweep", help="a preset over strategies x seeds, one `flwr run` each (resumable)",
                         description="Runs <out>/<strategy>/seed-<k>/results.json sequentially through the Flower "

@@ -26,10 +26,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from .model_files import SavedModel, load_model
+from hasa_flwr.method.model_files import SavedModel, load_model
 
 if TYPE_CHECKING:
-    from .data import FederatedData
+    from hasa_flwr.data import FederatedData
 
 FORMATS = ("onnx", "pt2")
 META_KEY = "hasa_flwr"            # ONNX metadata_props key
@@ -125,7 +125,7 @@ def random_inputs(meta: dict[str, Any], rows: int, seed: int = 0) -> torch.Tenso
 
 def run_data(meta: dict[str, Any]) -> tuple[FederatedData | None, str]:
     """The run's data rebuilt from its run config, or (None, why not) when this machine lacks it or it differs."""
-    from .config import Settings
+    from hasa_flwr.federation.config import Settings
 
     try:
         settings = Settings.from_dict(meta["run_config"])

@@ -24,8 +24,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from .data.text import PAD, UNK, clean_title
-from .export import PT2_META, is_text, ort_meta, ort_session, require_onnx, select_model, seq_len
+from hasa_flwr.data.text import PAD, UNK, clean_title
+from hasa_flwr.export import PT2_META, is_text, ort_meta, ort_session, require_onnx, select_model, seq_len
 
 TOP_WORDS, TOP_CLASSES = 5, 3
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import httpx
 
-from hasa_flwr.processes import BIN, free_port, kill_tree
+from hasa_flwr.study.processes import BIN, free_port, kill_tree
 
 
 def wait_http(url: str, proc: subprocess.Popen, timeout: float = 30.0) -> None:

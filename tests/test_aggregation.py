@@ -1,4 +1,4 @@
-"""Tests for hasa_flwr.aggregation: FedAvg equivalence at width 1, hand-computed examples for
+"""Tests for hasa_flwr.method.aggregation: FedAvg equivalence at width 1, hand-computed examples for
 ``full`` and ``selective``, a brute-force reference on random overlaps, and update validation."""
 
 from __future__ import annotations
@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from hasa_flwr.aggregation import Update, aggregate, check_update
-from hasa_flwr.models import LSTMLanguageModel
-from hasa_flwr.subnet import Axis, extract, select_units
+from hasa_flwr.method.aggregation import Update, aggregate, check_update
+from hasa_flwr.method.models import LSTMLanguageModel
+from hasa_flwr.method.subnet import Axis, extract, select_units
 
 # ----------------------------------------------------------------------------- FedAvg at width 1
 

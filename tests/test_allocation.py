@@ -1,4 +1,4 @@
-"""Tests for hasa_flwr.allocation: budget, bounds, rule semantics, feasibility errors (docs/METHOD.md sections 1-2)."""
+"""Tests for hasa_flwr.method.allocation: budget, bounds, rule semantics, feasibility errors (docs/METHOD.md sections 1-2)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from hasa_flwr.allocation import RULES, Allocation, allocate, normalized_ranks
-from hasa_flwr.models import LSTMLanguageModel, WidthCNN, mac_cost
+from hasa_flwr.method.allocation import RULES, Allocation, allocate, normalized_ranks
+from hasa_flwr.method.models import LSTMLanguageModel, WidthCNN, mac_cost
 
 BUDGET_TOL = 1e-6
 SETTINGS = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 from conftest import ROOT
 
-from hasa_flwr.allocation import allocate
+from hasa_flwr.method.allocation import allocate
 from hasa_flwr.cli import main
-from hasa_flwr.config import STRATEGIES, settings_from_run_config
-from hasa_flwr.launch import app_defaults
+from hasa_flwr.federation.config import STRATEGIES, settings_from_run_config
+from hasa_flwr.study.launch import app_defaults
 
 
 def run_args(tmp_path, *run_config):

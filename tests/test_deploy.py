@@ -1,6 +1,6 @@
 """End to end in deployment mode: a real SuperLink and 3 SuperNodes on 127.0.0.1, the real
 `flwr run <app> <connection> --stream`, devices with different compute caps (node config
-`max-width`). Every process is started by hasa_flwr/deployment.py and stopped by PID, also on failure.
+`max-width`). Every process is started by hasa_flwr/study/deployment.py and stopped by PID, also on failure.
 
 Slow on purpose (each message starts a fresh `flwr-clientapp` process that imports torch):
 about 2-3 minutes per test on a 2-core machine. See docs/DEPLOYMENT.md.
@@ -20,12 +20,12 @@ import httpx
 import pytest
 from conftest import ROOT
 
-from hasa_flwr.credentials import make_node_keys
-from hasa_flwr.deploy_bench import one_run
-from hasa_flwr.deployment import deployment, free_ports, run_app, start_process
-from hasa_flwr.launch import to_flwr_args
-from hasa_flwr.noop_app import write_noop_app
-from hasa_flwr.processes import BIN, alive, pids_with_env
+from hasa_flwr.study.credentials import make_node_keys
+from hasa_flwr.study.deploy_bench import one_run
+from hasa_flwr.study.deployment import deployment, free_ports, run_app, start_process
+from hasa_flwr.study.launch import to_flwr_args
+from hasa_flwr.study.noop_app import write_noop_app
+from hasa_flwr.study.processes import BIN, alive, pids_with_env
 
 CAPS = (0.8, 0.5, 0.3)          # one device per cap: the widest, a mid-range and a weak one
 BUDGET = 0.4
@@ -214,7 +214,7 @@ def test_deploy_tls_local_files_and_bad_devices(tmp_path):
             assert len(list((path.parent / "cache").glob("split-*.json"))) == 1
             assert len(list((path.parent / "cache").glob("tensors-*.pt"))) == 1
         # each device stored its own final subnet (no wider than its width, so never above its cap)
-        from hasa_flwr.model_files import load_model
+        from hasa_flwr.method.model_files import load_model
 
         for c, path in zip(clients, files):
             stored = path.parent / "models" / f"run-{res['run_id']}"

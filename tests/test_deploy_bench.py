@@ -12,9 +12,9 @@ from types import SimpleNamespace
 import pytest
 from flwr.superlink.grid.inmemory_grid import InMemoryGrid
 
-from hasa_flwr.deploy_bench import compared, markdown
-from hasa_flwr.noop_app import write_noop_app
-from hasa_flwr.polling import PromptGrid, prompt
+from hasa_flwr.study.deploy_bench import compared, markdown
+from hasa_flwr.study.noop_app import write_noop_app
+from hasa_flwr.federation.polling import PromptGrid, prompt
 
 
 class SlowGrid:

@@ -12,7 +12,7 @@ import pytest
 from conftest import ROOT, medium_csv
 from test_images import write_images
 
-from hasa_flwr.launch import flwr_env, flwr_run, read_preset
+from hasa_flwr.study.launch import flwr_env, flwr_run, read_preset
 
 SMALL = {"num-server-rounds": 2, "embed-dim": 16, "hidden-dim": 32}
 
@@ -69,9 +69,9 @@ def check_saved_models(results_path):
     supernet's prefix bit for bit and gives back exactly the accuracy the run reported."""
     import torch
 
-    from hasa_flwr.config import Settings
-    from hasa_flwr.model_files import load_model
-    from hasa_flwr.train import evaluate
+    from hasa_flwr.federation.config import Settings
+    from hasa_flwr.method.model_files import load_model
+    from hasa_flwr.method.train import evaluate
 
     res = json.loads(results_path.read_text())
     run_dir = results_path.parent
@@ -165,7 +165,7 @@ def run_status(superlink, run_id: int) -> str:
 def test_ctrl_c_stops_the_run_on_the_superlink(superlink, tmp_path):
     """Ctrl-C in a terminal (SIGINT to the process group) ends `flwr run` and stops the run itself."""
     config = {**SMALL, "num-server-rounds": 500, "results-dir": str(tmp_path / "results")}
-    code = ("import sys; from pathlib import Path; from hasa_flwr.launch import flwr_run; "
+    code = ("import sys; from pathlib import Path; from hasa_flwr.study.launch import flwr_run; "
             f"flwr_run(Path({str(ROOT)!r}), {config!r}, num_supernodes=7, log=sys.stdout)")
     # a terminal delivers Ctrl-C; pytest itself may run with SIGINT ignored (e.g. started as a background
     # job of a non-interactive shell), and an ignored SIGINT is inherited: restore the terminal's default

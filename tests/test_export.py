@@ -17,10 +17,10 @@ import numpy as np
 import pytest
 import torch
 
-from hasa_flwr.config import Settings, settings_from_run_config
-from hasa_flwr.launch import app_defaults, merge_config, read_preset
-from hasa_flwr.model_files import META, load_model, model_meta, save_model
-from hasa_flwr.train import train
+from hasa_flwr.federation.config import Settings, settings_from_run_config
+from hasa_flwr.study.launch import app_defaults, merge_config, read_preset
+from hasa_flwr.method.model_files import META, load_model, model_meta, save_model
+from hasa_flwr.method.train import train
 
 ROOT = Path(__file__).resolve().parents[1]
 CLIENT_WIDTHS = (0.5, 0.8, 0.3)  # the first three clients' widths; the others get no saved subnet
@@ -229,7 +229,7 @@ def test_bench_widths_writes_three_sane_files(digits_run, tmp_path):
 
 
 def test_bench_widths_without_the_data_says_n_a(digits_run, tmp_path, monkeypatch):
-    monkeypatch.setattr("hasa_flwr.widths_bench.run_data", lambda meta: (None, "DataError: not here"))
+    monkeypatch.setattr("hasa_flwr.study.widths_bench.run_data", lambda meta: (None, "DataError: not here"))
     rc, stdout, err = hasa("bench", "widths", digits_run, "--widths", "0.5,1", "--out", tmp_path, "--repeats", "2")
     assert rc == 0, err
     assert all(r["accuracy"] is None for r in json.loads((tmp_path / "widths.json").read_text())["rows"])

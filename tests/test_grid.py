@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from hasa_flwr.grid import read_grid, run_grid
+from hasa_flwr.study.grid import read_grid, run_grid
 from test_sweep import ROOT, FakeRunner
 
 GRID = """

@@ -7,7 +7,7 @@ import pytest
 from scipy import stats as sps
 
 from hasa_flwr.cli import main
-from hasa_flwr.grid_report import (GridMap, MapCell, ReportError, default_rounds, format_seeds, layout, load_map,
+from hasa_flwr.study.grid_report import (GridMap, MapCell, ReportError, default_rounds, format_seeds, layout, load_map,
                                    parse_rounds, screen_reasons, summarize_map, write_grid_report)
 
 ROUNDS = 4

@@ -13,12 +13,12 @@ from flwr.app import ConfigRecord, MetricRecord, RecordDict
 from PIL import Image
 from test_models import C1, C2, CASES, CLASSES, cnn_exactness_case
 
-from hasa_flwr.config import Settings
+from hasa_flwr.federation.config import Settings
 from hasa_flwr.data import LOCAL, DataError, Source, client_order, images_client, load_federated, vocab_hash
 from hasa_flwr.data.images import dirichlet_rows
-from hasa_flwr.launch import app_defaults
-from hasa_flwr.models import WidthCNN, mac_cost
-from hasa_flwr.strategy import FederationError, agreed_images
+from hasa_flwr.study.launch import app_defaults
+from hasa_flwr.method.models import WidthCNN, mac_cost
+from hasa_flwr.federation.strategy import FederationError, agreed_images
 
 ROOT = Path(__file__).resolve().parents[1]
 CLASSES3 = ("cat", "dog", "fox")
@@ -161,7 +161,7 @@ def test_device_reads_its_own_folder(tmp_path):
 def test_client_app_reads_the_device_folder_from_its_node_config(tmp_path):
     from flwr.app import Context
 
-    from hasa_flwr import client
+    from hasa_flwr.federation import client
 
     folder = write_images(tmp_path / "cam", {"cat": 3, "fox": 2}, mode="L")
     s = settings(**{"dataset": "images", "class-names": "cat,dog,fox"})
@@ -247,7 +247,7 @@ def test_server_checks_that_clients_agree_on_shape_and_classes():
 
 
 def settings(**overrides) -> Settings:
-    from hasa_flwr.config import settings_from_run_config
+    from hasa_flwr.federation.config import settings_from_run_config
 
     return settings_from_run_config({**app_defaults(ROOT), **overrides})
 

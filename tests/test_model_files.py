@@ -6,10 +6,10 @@ import pytest
 import torch
 from conftest import ROOT
 
-from hasa_flwr.config import settings_from_run_config
-from hasa_flwr.launch import app_defaults
-from hasa_flwr.model_files import ModelFileError, load_model
-from hasa_flwr.run_models import init_from, save_run_models
+from hasa_flwr.federation.config import settings_from_run_config
+from hasa_flwr.study.launch import app_defaults
+from hasa_flwr.method.model_files import ModelFileError, load_model
+from hasa_flwr.federation.run_models import init_from, save_run_models
 
 VOCAB = ["<pad>", "<unk>", *(f"w{i}" for i in range(30))]
 

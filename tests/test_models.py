@@ -1,4 +1,4 @@
-"""Tests for hasa_flwr.models: slicing specs, the exactness property of extracted subnets
+"""Tests for hasa_flwr.method.models: slicing specs, the exactness property of extracted subnets
 (docs/METHOD.md section 4), and the MAC cost model (section 1)."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from hasa_flwr.models import LSTMLanguageModel, Scaler, WidthCNN, build_model, full_sizes, mac_cost
-from hasa_flwr.subnet import extract, select_units
+from hasa_flwr.method.models import LSTMLanguageModel, Scaler, WidthCNN, build_model, full_sizes, mac_cost
+from hasa_flwr.method.subnet import extract, select_units
 
 V, E, H = 23, 12, 10
 

@@ -5,13 +5,13 @@ import numpy as np
 import pytest
 from flwr.app import ArrayRecord, ConfigRecord
 
-from hasa_flwr.config import settings_from_run_config
+from hasa_flwr.federation.config import settings_from_run_config
 from hasa_flwr.data import vocab_hash
-from hasa_flwr.launch import app_defaults
-from hasa_flwr.participation import round_sample
-from hasa_flwr.phases import allocation_round, initial_supernet
-from hasa_flwr.secure_bench import statistics_phases
-from hasa_flwr.strategy import FederationError, HasaStrategy
+from hasa_flwr.study.launch import app_defaults
+from hasa_flwr.method.participation import round_sample
+from hasa_flwr.federation.phases import allocation_round, initial_supernet
+from hasa_flwr.study.secure_bench import statistics_phases
+from hasa_flwr.federation.strategy import FederationError, HasaStrategy
 from conftest import ROOT
 
 

@@ -15,9 +15,9 @@ from pathlib import Path
 from conftest import ROOT
 from flower_procs import simulation_superlink
 
-from hasa_flwr.processes import BIN, alive, free_port, kill_tree, pids_with_env
+from hasa_flwr.study.processes import BIN, alive, free_port, kill_tree, pids_with_env
 
-from hasa_flwr.launch import flwr_run
+from hasa_flwr.study.launch import flwr_run
 
 
 def test_two_rounds_on_a_local_ray_cluster(tmp_path):

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from hasa_flwr.metrics import summarize
-from hasa_flwr.report import ReportError, load_runs, summarize_sweep, write_report
-from hasa_flwr.stats import describe, paired, spearman
+from hasa_flwr.method.metrics import summarize
+from hasa_flwr.study.report import ReportError, load_runs, summarize_sweep, write_report
+from hasa_flwr.study.stats import describe, paired, spearman
 
 NAMES = ["A", "B", "C", "D", "E", "F", "G"]
 
@@ -162,11 +162,11 @@ def test_empty_folder_is_a_clear_error(tmp_path):
 
 def test_calibration_analysis_and_score_vs_need(tmp_path):
     """need from fake width-1.0 / width-0.5 runs; scores computed in-process on the synthetic data."""
-    from hasa_flwr.launch import app_defaults
-    from hasa_flwr.config import settings_from_run_config
+    from hasa_flwr.study.launch import app_defaults
+    from hasa_flwr.federation.config import settings_from_run_config
     from conftest import ROOT
 
-    from hasa_flwr.report import write_calibration
+    from hasa_flwr.study.report import write_calibration
 
     calib = tmp_path / "calib"
     settings = settings_from_run_config({**app_defaults(ROOT), "embed-dim": 8, "hidden-dim": 8}).to_dict()

@@ -13,12 +13,12 @@ import torch
 from conftest import ROOT
 from flower_procs import simulation_superlink
 
-from hasa_flwr.processes import alive, kill_tree, pids_with_env
+from hasa_flwr.study.processes import alive, kill_tree, pids_with_env
 
-from hasa_flwr.allocation import Allocation
-from hasa_flwr.checkpoint import (LATEST, ResumeError, allocation_from_record, allocation_record, claim,
+from hasa_flwr.method.allocation import Allocation
+from hasa_flwr.federation.checkpoint import (LATEST, ResumeError, allocation_from_record, allocation_record, claim,
                                   read_checkpoint, write_checkpoint)
-from hasa_flwr.launch import flwr_run
+from hasa_flwr.study.launch import flwr_run
 
 RUN = {"num-server-rounds": 5, "embed-dim": 16, "hidden-dim": 32, "fraction-train": 0.6, "save-model": False}
 
@@ -26,9 +26,9 @@ RUN = {"num-server-rounds": 5, "embed-dim": 16, "hidden-dim": 32, "fraction-trai
 def test_checkpoints_are_atomic_pruned_and_locked(tmp_path):
     import numpy as np
 
-    from hasa_flwr.config import settings_from_run_config
-    from hasa_flwr.launch import app_defaults
-    from hasa_flwr.run_models import meta_for
+    from hasa_flwr.federation.config import settings_from_run_config
+    from hasa_flwr.study.launch import app_defaults
+    from hasa_flwr.federation.run_models import meta_for
 
     settings = settings_from_run_config(app_defaults(ROOT))
     state = settings.build(12).state_dict()
@@ -109,10 +109,10 @@ def test_a_run_killed_in_round_3_resumes_to_the_uninterrupted_result(superlink, 
 
 
 def test_resume_refuses_a_changed_config_or_a_folder_without_checkpoints(tmp_path, capsys):
-    from hasa_flwr.checkpoint import Checkpoint
-    from hasa_flwr.config import settings_from_run_config
-    from hasa_flwr.launch import app_defaults
-    from hasa_flwr.phases import check_resumable
+    from hasa_flwr.federation.checkpoint import Checkpoint
+    from hasa_flwr.federation.config import settings_from_run_config
+    from hasa_flwr.study.launch import app_defaults
+    from hasa_flwr.federation.phases import check_resumable
 
     from hasa_flwr.cli import main
 

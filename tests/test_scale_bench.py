@@ -5,8 +5,8 @@ import subprocess
 import sys
 import time
 
-from hasa_flwr.processes import MARKER, marked_pids, rss_bytes, stop_marked
-from hasa_flwr.scale_bench import PeakRss, allocation_seconds
+from hasa_flwr.study.processes import MARKER, marked_pids, rss_bytes, stop_marked
+from hasa_flwr.study.scale_bench import PeakRss, allocation_seconds
 
 
 def test_marked_processes_are_found_measured_and_stopped():

@@ -1,4 +1,4 @@
-"""Tests for hasa_flwr.scores: JSD against scipy, entropy, random scores (docs/METHOD.md section 3)."""
+"""Tests for hasa_flwr.method.scores: JSD against scipy, entropy, random scores (docs/METHOD.md section 3)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from scipy.spatial.distance import jensenshannon
 
-from hasa_flwr.scores import entropy_scores, jsd_scores, random_scores, scores_from_counts
+from hasa_flwr.method.scores import entropy_scores, jsd_scores, random_scores, scores_from_counts
 
 
 def reference_jsd(counts: np.ndarray, alpha: float = 1.0) -> np.ndarray:

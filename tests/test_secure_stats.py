@@ -14,14 +14,14 @@ from flwr.common import bytes_to_ndarray
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key, Stage
 
 import client_app
-from hasa_flwr.config import settings_from_run_config
+from hasa_flwr.federation.config import settings_from_run_config
 from hasa_flwr.data.prepare import candidate_words, write_vocab
-from hasa_flwr.launch import app_defaults
-from hasa_flwr.loopback import LoopbackGrid
-from hasa_flwr.scores import jsd_scores
-from hasa_flwr.secure_bench import loopback_nodes, statistics_phases
-from hasa_flwr.secure_stats import protocol_sizes, quantization_range
-from hasa_flwr.strategy import FederationError, agree_vocabulary, query_stats
+from hasa_flwr.study.launch import app_defaults
+from hasa_flwr.federation.loopback import LoopbackGrid
+from hasa_flwr.method.scores import jsd_scores
+from hasa_flwr.study.secure_bench import loopback_nodes, statistics_phases
+from hasa_flwr.federation.secure_stats import protocol_sizes, quantization_range
+from hasa_flwr.federation.strategy import FederationError, agree_vocabulary, query_stats
 
 K = 5
 NODES = loopback_nodes(K)

@@ -5,9 +5,9 @@ from pathlib import Path
 
 from conftest import ROOT
 
-from hasa_flwr.processes import MARKER, marked_pids
-from hasa_flwr.shared_ray import shared_ray
-from hasa_flwr.sweep import sweep
+from hasa_flwr.study.processes import MARKER, marked_pids
+from hasa_flwr.study.shared_ray import shared_ray
+from hasa_flwr.study.sweep import sweep
 
 
 def test_a_sweep_on_one_shared_ray_and_nothing_left_running(tmp_path):

@@ -4,7 +4,7 @@ import pytest
 from conftest import ROOT
 from test_e2e import check_results, run
 
-from hasa_flwr.launch import read_preset
+from hasa_flwr.study.launch import read_preset
 
 
 @pytest.mark.parametrize("strategy", ["fedrolex", "fjord", "hasa"])

@@ -1,4 +1,4 @@
-"""Tests for hasa_flwr.subnet: unit counts, unit selection (prefix / rolling / random / ordered),
+"""Tests for hasa_flwr.method.subnet: unit counts, unit selection (prefix / rolling / random / ordered),
 position arithmetic and extraction (docs/METHOD.md sections 1 and 4)."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hasa_flwr.subnet import (
+from hasa_flwr.method.subnet import (
     EXTRACTIONS,
     Axis,
     expected_shapes,

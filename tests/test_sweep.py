@@ -8,11 +8,11 @@ import pytest
 from conftest import ROOT
 
 from hasa_flwr.cli import main
-from hasa_flwr.config import settings_from_run_config
-from hasa_flwr.launch import RunOutcome
-from hasa_flwr.metrics import summarize
-from hasa_flwr.report import write_report
-from hasa_flwr.sweep import RunFailed, SweepError, calibration_jobs, parse_seeds, parse_strategies, sweep
+from hasa_flwr.federation.config import settings_from_run_config
+from hasa_flwr.study.launch import RunOutcome
+from hasa_flwr.method.metrics import summarize
+from hasa_flwr.study.report import write_report
+from hasa_flwr.study.sweep import RunFailed, SweepError, calibration_jobs, parse_seeds, parse_strategies, sweep
 
 SMALL = {"num-server-rounds": 1, "embed-dim": 16, "hidden-dim": 32}
 
@@ -51,7 +51,7 @@ def run_fake(out, runner, strategies=("uniform", "hasa"), seeds=(0, 1), sets=Non
 
 
 def test_parse_sets():
-    from hasa_flwr.sweep import parse_sets
+    from hasa_flwr.study.sweep import parse_sets
 
     assert parse_sets(["score=loss", "lr=0.1", 'width-cap="0.8,0.5"', "scaler=true", "num-server-rounds=2"]) == {
         "score": "loss", "lr": 0.1, "width-cap": "0.8,0.5", "scaler": True, "num-server-rounds": 2}
@@ -151,7 +151,7 @@ def test_bad_settings_fail_before_any_run(tmp_path):
 
 
 def test_calibration_jobs_are_feasible():
-    from hasa_flwr.launch import app_defaults, merge_config, preflight
+    from hasa_flwr.study.launch import app_defaults, merge_config, preflight
 
     for job in calibration_jobs(0.5, [0]):
         config = merge_config(app_defaults(ROOT), {**job.overrides, "seed": job.seed, **SMALL})
@@ -179,7 +179,7 @@ def assert_usage_error(main, argv, capsys, words):
 
 def test_real_sweep_through_flower(superlink, tmp_path):
     """2 strategies x 1 seed, 1 round, tiny model, through the real `flwr run` and simulation engine."""
-    from hasa_flwr.sweep import default_runner
+    from hasa_flwr.study.sweep import default_runner
 
     out = tmp_path / "sweep"
     outcome = sweep(ROOT, out, preset=None, strategies=["uniform", "hasa"], seeds=[0], sets=SMALL,
@@ -196,8 +196,8 @@ def test_real_sweep_through_flower(superlink, tmp_path):
     summary = json.loads(paths["summary.json"].read_text())
     assert summary["strategies"]["hasa"]["paired_vs_uniform"]["n"] == 1
     # `hasa bench overhead` times a plain loop that must do exactly what the Flower run did
-    from hasa_flwr.bench import plain_loop
-    from hasa_flwr.config import Settings
+    from hasa_flwr.study.bench import plain_loop
+    from hasa_flwr.federation.config import Settings
 
     import torch
 
@@ -237,7 +237,7 @@ def test_jobs_run_at_once_on_their_own_share_of_the_cores(tmp_path):
     import threading
     import time as _time
 
-    from hasa_flwr.sweep import job_resources
+    from hasa_flwr.study.sweep import job_resources
 
     active, peak, lock = [0], [0], threading.Lock()
     inner = FakeRunner()

@@ -1,4 +1,4 @@
-"""Tests for hasa_flwr.train: FjORD ordered dropout (prefix-only updates, sampled widths, gradient
+"""Tests for hasa_flwr.method.train: FjORD ordered dropout (prefix-only updates, sampled widths, gradient
 masks, exactness), the training loop, and evaluate() on hand-made logits."""
 
 from __future__ import annotations
@@ -9,11 +9,11 @@ import pytest
 import torch
 from torch import nn
 
-from hasa_flwr.aggregation import Update, aggregate
+from hasa_flwr.method.aggregation import Update, aggregate
 from hasa_flwr.data import IGNORE_INDEX
-from hasa_flwr.models import LSTMLanguageModel, build_model
-from hasa_flwr.subnet import extract, select_units
-from hasa_flwr.train import FJORD_LEVELS, OrderedDropout, evaluate, loss_fn, make_optimizer, train
+from hasa_flwr.method.models import LSTMLanguageModel, build_model
+from hasa_flwr.method.subnet import extract, select_units
+from hasa_flwr.method.train import FJORD_LEVELS, OrderedDropout, evaluate, loss_fn, make_optimizer, train
 
 V, K = 15, 10
 SIZES = {"embed": K, "hidden": K}
@@ -214,8 +214,8 @@ def torch_optim(name: str, params, lr: float, momentum: float) -> torch.optim.Op
                                                          ("sgd", 0.9, False), ("adam", 0.0, True)])
 @pytest.mark.parametrize("model", ["lstm", "cnn"])
 def test_optimizers_match_torch_optim_bit_for_bit(monkeypatch, optimizer, momentum, ordered, model):
-    """hasa_flwr.optimizers does torch.optim's arithmetic: the trained parameters are identical."""
-    import hasa_flwr.train as train_module
+    """hasa_flwr.method.optimizers does torch.optim's arithmetic: the trained parameters are identical."""
+    import hasa_flwr.method.train as train_module
 
     sizes = SIZES if model == "lstm" else {"c1": 4, "c2": 6}
     if model == "lstm":
@@ -245,7 +245,7 @@ def test_no_torch_compile_import_to_train():
     import subprocess
     import sys
 
-    code = ("import sys, torch; from hasa_flwr.models import build_model; from hasa_flwr.train import train; "
+    code = ("import sys, torch; from hasa_flwr.method.models import build_model; from hasa_flwr.method.train import train; "
             "m = build_model('lstm', 9, {'embed': 4, 'hidden': 4}); x = torch.randint(0, 9, (8, 5)); "
             "train(m, x, x, epochs=1, batch_size=4, lr=0.01, seed=0, optimizer='adam'); "
             "print('torch._dynamo' in sys.modules)")
@@ -325,8 +325,8 @@ def test_a_device_refuses_a_model_wider_than_its_cap():
     """The client checks every message's width against its own max-width before building anything."""
     from flwr.app import ConfigRecord, Context, Message, RecordDict
 
-    from hasa_flwr import client
-    from hasa_flwr.launch import app_defaults
+    from hasa_flwr.federation import client
+    from hasa_flwr.study.launch import app_defaults
     from conftest import ROOT
 
     ctx = Context(run_id=1, node_id=1, node_config={"partition-id": 0, "num-partitions": 7, "max-width": 0.3},
@@ -347,7 +347,7 @@ def test_compute_device_from_node_config():
     import torch
     from flwr.app import Context, RecordDict
 
-    from hasa_flwr.client import compute_device
+    from hasa_flwr.federation.client import compute_device
 
     def ctx(**node):
         return Context(1, 1, node, RecordDict(), {})

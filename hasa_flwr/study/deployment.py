@@ -30,9 +30,9 @@ from typing import IO, Any
 
 import httpx
 
-from .credentials import HOST, TlsFiles, make_node_keys, make_tls_files
-from .launch import RunOutcome, flwr_run, to_flwr_args
-from .processes import BIN, alive, kill_tree, kill_tree_now, pids_with_env
+from hasa_flwr.study.credentials import HOST, TlsFiles, make_node_keys, make_tls_files
+from hasa_flwr.study.launch import RunOutcome, flwr_run, to_flwr_args
+from hasa_flwr.study.processes import BIN, alive, kill_tree, kill_tree_now, pids_with_env
 
 
 def free_ports(n: int) -> list[int]:

@@ -24,8 +24,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from .allocation import Allocation
-from .model_files import load_model, save_model
+from hasa_flwr.method.allocation import Allocation
+from hasa_flwr.method.model_files import load_model, save_model
 
 CHECKPOINTS = "checkpoints"
 LATEST = "latest"

@@ -21,13 +21,13 @@ from flwr.common import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
-from .aggregation import Update, aggregate, check_update
-from .data import LOCAL, client_order, read_vocab, vocab_hash
-from .data.files import resolve_path
-from .data.text import build_vocab
-from .metrics import summarize
-from .participation import round_sample
-from .subnet import Indices, Spec, extract, hash_seed, prefix_state, select_units
+from hasa_flwr.method.aggregation import Update, aggregate, check_update
+from hasa_flwr.data import LOCAL, client_order, read_vocab, vocab_hash
+from hasa_flwr.data.files import resolve_path
+from hasa_flwr.data.text import build_vocab
+from hasa_flwr.method.metrics import summarize
+from hasa_flwr.method.participation import round_sample
+from hasa_flwr.method.subnet import Indices, Spec, extract, hash_seed, prefix_state, select_units
 
 
 class FederationError(RuntimeError):

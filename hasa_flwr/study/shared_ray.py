@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from .processes import free_port, private_flower
+from hasa_flwr.study.processes import free_port, private_flower
 
 
 @contextmanager

@@ -29,8 +29,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from .config import STRATEGIES, Settings, settings_from_run_config, upgrade_recorded
-from .launch import RUN_ID, RunOutcome, app_defaults, flwr_run, flwr_stop, merge_config, preflight, read_preset
+from hasa_flwr.federation.config import STRATEGIES, Settings, settings_from_run_config, upgrade_recorded
+from hasa_flwr.study.launch import RUN_ID, RunOutcome, app_defaults, flwr_run, flwr_stop, merge_config, preflight, read_preset
 
 # Settings fields that do not change what a run computes: ignored when checking a finished run.
 LABEL = re.compile(r"[A-Za-z0-9._-]+")
@@ -142,7 +142,7 @@ def base_config(app: Path, preset: str | None, sets: dict[str, Any]) -> dict[str
 
 def pin_paths(config: dict[str, Any]) -> dict[str, Any]:
     """Data and vocabulary paths made absolute (a relative one may live under $HASA_DATA_DIR)."""
-    from .data.files import resolve_path
+    from hasa_flwr.data.files import resolve_path
 
     for key in ("data-path", "vocab-path"):
         if str(config.get(key, "")).strip():

@@ -21,10 +21,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from .data import ClientData, FederatedData
-from .export import ExportError, atomic_path, is_text, onnx_bytes, ort_session, random_inputs, require_onnx, run_data
-from .model_files import load_model
-from .models import mac_cost
+from hasa_flwr.data import ClientData, FederatedData
+from hasa_flwr.export import ExportError, atomic_path, is_text, onnx_bytes, ort_session, random_inputs, require_onnx, run_data
+from hasa_flwr.method.model_files import load_model
+from hasa_flwr.method.models import mac_cost
 
 DEFAULT_WIDTHS = (0.2, 0.4, 0.6, 0.8, 1.0)
 
@@ -84,7 +84,7 @@ def latency_ms(session, x: np.ndarray, repeats: int, warmup: int) -> float:
 
 
 def mean_accuracy(model: nn.Module, clients: list[ClientData]) -> float | None:
-    from .train import evaluate
+    from hasa_flwr.method.train import evaluate
 
     if not clients:
         return None

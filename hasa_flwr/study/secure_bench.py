@@ -20,12 +20,12 @@ from typing import Any
 import numpy as np
 from flwr.app import ConfigRecord, Context, Message, RecordDict
 
-from .config import Settings, settings_from_run_config
-from .data.prepare import write_vocab
-from .loopback import LoopbackGrid
-from .phases import allocation_round, scores_round, vocabulary_round
-from .results import write_json_atomic
-from .strategy import ClientInfo, query_stats
+from hasa_flwr.federation.config import Settings, settings_from_run_config
+from hasa_flwr.data.prepare import write_vocab
+from hasa_flwr.federation.loopback import LoopbackGrid
+from hasa_flwr.federation.phases import allocation_round, scores_round, vocabulary_round
+from hasa_flwr.federation.results import write_json_atomic
+from hasa_flwr.federation.strategy import ClientInfo, query_stats
 
 
 def loopback_nodes(num_clients: int) -> dict[int, dict]:

@@ -23,10 +23,10 @@ from typing import Any
 
 import numpy as np
 
-from .grid import read_grid
-from .report import SUMMARIES, ReportError, _pyplot, empty_paired, load_runs, pct, pval
-from .results import write_json_atomic
-from .stats import describe, paired
+from hasa_flwr.study.grid import read_grid
+from hasa_flwr.study.report import SUMMARIES, ReportError, _pyplot, empty_paired, load_runs, pct, pval
+from hasa_flwr.federation.results import write_json_atomic
+from hasa_flwr.study.stats import describe, paired
 
 DEFAULT_ROUNDS = (8, 20, 40)
 SCREEN_DELTA_PP = 0.3      # the grid files' screen: |delta mean| >= 0.3 points ...

@@ -34,8 +34,8 @@ from typing import Any
 
 import numpy as np
 
-from .launch import flwr_run, preflight
-from .sweep import RunFailed, base_config, hardware
+from hasa_flwr.study.launch import flwr_run, preflight
+from hasa_flwr.study.sweep import RunFailed, base_config, hardware
 
 FLOWER_PULL_INTERVAL = 0.1  # InMemoryGrid.pull_interval and the vce queue scan (flwr 1.41 defaults)
 
@@ -193,9 +193,9 @@ def plain_loop(settings, widths: list[float], *, num_threads: int) -> PlainTimes
     """The federated computation of ``settings`` without Flower, timed per round and per part."""
     import torch
 
-    from .aggregation import Update, aggregate, check_update
-    from .subnet import extract, hash_seed, select_units
-    from .train import OrderedDropout, evaluate, train
+    from hasa_flwr.method.aggregation import Update, aggregate, check_update
+    from hasa_flwr.method.subnet import extract, hash_seed, select_units
+    from hasa_flwr.method.train import OrderedDropout, evaluate, train
 
     torch.set_num_threads(num_threads)
     fed = settings.load_data()
@@ -267,8 +267,8 @@ def message_costs(settings, config: dict[str, Any], widths: list[float]) -> dict
         from ray import cloudpickle as cp
     except ImportError:  # pragma: no cover
         import pickle as cp
-    from . import client as client_mod
-    from .subnet import extract, select_units
+    from hasa_flwr.federation import client as client_mod
+    from hasa_flwr.method.subnet import extract, select_units
 
     fed = settings.load_data()
     sizes = settings.sizes

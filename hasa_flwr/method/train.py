@@ -12,10 +12,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
-from .data import IGNORE_INDEX
-from .models import build_model
-from .optimizers import SGD, Adam
-from .subnet import gather, select_units, sub_sizes
+from hasa_flwr.data import IGNORE_INDEX
+from hasa_flwr.method.models import build_model
+from hasa_flwr.method.optimizers import SGD, Adam
+from hasa_flwr.method.subnet import gather, select_units, sub_sizes
 
 OPTIMIZERS = ("sgd", "adam")
 FJORD_LEVELS = (0.2, 0.4, 0.6, 0.8, 1.0)
@@ -50,7 +50,7 @@ class OrderedDropout:
 
 
 def make_optimizer(name: str, params, lr: float, momentum: float) -> SGD | Adam:
-    """torch.optim's SGD or Adam arithmetic (hasa_flwr.optimizers: without importing torch.compile)."""
+    """torch.optim's SGD or Adam arithmetic (hasa_flwr.method.optimizers: without importing torch.compile)."""
     if name == "sgd":
         return SGD(params, lr=lr, momentum=momentum)
     if name == "adam":

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .subnet import Indices, Spec, expected_shapes, open_grid, positions
+from hasa_flwr.method.subnet import Indices, Spec, expected_shapes, open_grid, positions
 
 AGGREGATIONS = ("full", "selective")
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .scores import random_scores
+from hasa_flwr.method.scores import random_scores
 
 RULES = ("hasa", "hasa-inverse", "hasa-random", "uniform", "tiers")
 TOLERANCE = 1e-9

@@ -13,13 +13,13 @@ from typing import Any
 
 import torch
 
-from .aggregation import AGGREGATIONS
-from .allocation import RULES
-from .data import DATASETS, FederatedData, Source, load_federated
-from .models import build_model, full_sizes
-from .scores import SCORES
-from .subnet import EXTRACTIONS, prefix_state
-from .train import OPTIMIZERS
+from hasa_flwr.method.aggregation import AGGREGATIONS
+from hasa_flwr.method.allocation import RULES
+from hasa_flwr.data import DATASETS, FederatedData, Source, load_federated
+from hasa_flwr.method.models import build_model, full_sizes
+from hasa_flwr.method.scores import SCORES
+from hasa_flwr.method.subnet import EXTRACTIONS, prefix_state
+from hasa_flwr.method.train import OPTIMIZERS
 
 # strategy -> (allocation rule, extraction); `allocation` / `extraction` keys override either axis
 STRATEGIES: dict[str, tuple[str, str]] = {

@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from .models import build_model, sub_sizes
+from hasa_flwr.method.models import build_model, sub_sizes
 
 FORMAT, FORMAT_VERSION = "hasa-flwr-model", 1
 WEIGHTS, META = "model.safetensors", "model.json"
@@ -114,7 +114,7 @@ class SavedModel:
         if not 0.0 < width <= self.width:
             raise ModelFileError(f"width {width:g} is outside (0, {self.width:g}]: this model holds width "
                                  f"{self.width:g}; choose a width in that range")
-        from .subnet import prefix_state
+        from hasa_flwr.method.subnet import prefix_state
 
         full = build_model(m["kind"], m["num_classes"], m["sizes"], 1.0, scaler=m["scaler"], input_shape=shape)
         if self.width != 1.0:

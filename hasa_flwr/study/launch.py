@@ -21,8 +21,8 @@ from typing import Any
 import numpy as np
 import tomllib
 
-from .allocation import check_feasible, linear_cost
-from .config import Settings, settings_from_run_config
+from hasa_flwr.method.allocation import check_feasible, linear_cost
+from hasa_flwr.federation.config import Settings, settings_from_run_config
 
 FLWR_ENV = {
     "FLWR_TELEMETRY_ENABLED": "0",

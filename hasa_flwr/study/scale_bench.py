@@ -21,10 +21,10 @@ from typing import Any
 
 import numpy as np
 
-from .allocation import allocate
-from .launch import app_defaults, flwr_run, merge_config
-from .processes import MARKER, marked_pids, private_flower, rss_bytes
-from .results import write_json_atomic
+from hasa_flwr.method.allocation import allocate
+from hasa_flwr.study.launch import app_defaults, flwr_run, merge_config
+from hasa_flwr.study.processes import MARKER, marked_pids, private_flower, rss_bytes
+from hasa_flwr.federation.results import write_json_atomic
 
 class PeakRss(threading.Thread):
     """The largest sum of RSS over the marked processes, sampled every ``interval`` s."""

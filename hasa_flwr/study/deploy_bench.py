@@ -23,10 +23,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .deployment import deployment, run_app
-from .noop_app import write_noop_app
-from .processes import pids_with_env
-from .results import write_json_atomic
+from hasa_flwr.study.deployment import deployment, run_app
+from hasa_flwr.study.noop_app import write_noop_app
+from hasa_flwr.study.processes import pids_with_env
+from hasa_flwr.federation.results import write_json_atomic
 
 PRESET = {"strategy": "hasa", "embed-dim": 16, "hidden-dim": 32, "budget": 0.4}
 BEFORE = 26.0   # s per deployment round measured on the two-exchange code (docs/DEPLOYMENT.md, section 11)

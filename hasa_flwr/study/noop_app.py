@@ -58,7 +58,7 @@ def answer(msg: Message, context: Context) -> Message:
 
 @server.main()
 def rounds(grid: Grid, context: Context) -> None:
-    from hasa_flwr.polling import prompt   # the server side only: the ServerApp polls as hasa-flwr's does
+    from hasa_flwr.federation.polling import prompt   # the server side only: the ServerApp polls as hasa-flwr's does
 
     rc = context.run_config
     grid = prompt(grid, float(rc["reply-poll"]))

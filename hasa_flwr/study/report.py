@@ -15,8 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from .config import STRATEGIES
-from .stats import describe, paired, spearman
+from hasa_flwr.federation.config import STRATEGIES
+from hasa_flwr.study.stats import describe, paired, spearman
 
 SUMMARIES = ("mean", "worst", "tail")
 CALIBRATION_SCORES = ("jsd", "entropy", "loss")
@@ -439,9 +439,9 @@ def client_scores(config: dict[str, Any]) -> dict[str, np.ndarray]:
     ``loss``: mean training loss of the initial supernet (torch.manual_seed(seed), as server_app.py)
     at width B, prefix units, on each client's training split (client.query_loss).
     """
-    from .config import Settings
-    from .scores import entropy_scores, jsd_scores
-    from .train import evaluate
+    from hasa_flwr.federation.config import Settings
+    from hasa_flwr.method.scores import entropy_scores, jsd_scores
+    from hasa_flwr.method.train import evaluate
 
     data_path = str(config.get("data_path", ""))
     if data_path and not Path(data_path).exists():

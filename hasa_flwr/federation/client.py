@@ -18,15 +18,15 @@ import numpy as np
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 
-from .config import Settings, settings_from_run_config
-from .data import (LOCAL, ClientData, DataError, encode_split, node_image_data, read_candidates, read_vocab,
+from hasa_flwr.federation.config import Settings, settings_from_run_config
+from hasa_flwr.data import (LOCAL, ClientData, DataError, encode_split, node_image_data, read_candidates, read_vocab,
                    text_split, vocab_hash)
-from .data.cache import cached_split, cached_tensors, default_cache_dir
-from .data.files import resolve_path
-from .model_files import save_model
-from .scores import entropy_scores, jsd_to_pooled
-from .subnet import hash_seed
-from .train import OrderedDropout, evaluate, train
+from hasa_flwr.data.cache import cached_split, cached_tensors, default_cache_dir
+from hasa_flwr.data.files import resolve_path
+from hasa_flwr.method.model_files import save_model
+from hasa_flwr.method.scores import entropy_scores, jsd_to_pooled
+from hasa_flwr.method.subnet import hash_seed
+from hasa_flwr.method.train import OrderedDropout, evaluate, train
 
 VOCAB_STATE = "hasa.vocab"  # context.state key: the agreed vocabulary persists per node across messages
 _ENCODED: dict[tuple, ClientData] = {}  # simulation actors serve many messages: encode once per vocabulary

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .subnet import Axis, Spec, sub_sizes
+from hasa_flwr.method.subnet import Axis, Spec, sub_sizes
 
 MODELS = ("lstm", "cnn")
 DIGITS_SHAPE = (1, 8, 8)  # (channels, height, width) of sklearn's digits: the CNN's default input

@@ -12,9 +12,9 @@ from typing import Any
 
 import torch
 
-from .config import Settings
-from .model_files import SavedModel, client_folder_name, load_model, model_meta, save_model
-from .subnet import Spec, prefix_state
+from hasa_flwr.federation.config import Settings
+from hasa_flwr.method.model_files import SavedModel, client_folder_name, load_model, model_meta, save_model
+from hasa_flwr.method.subnet import Spec, prefix_state
 
 CLIENTS = "clients"
 

@@ -8,11 +8,11 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from .allocation import Allocation
-from .config import Settings
-from .data import vocab_hash
-from .metrics import summarize
-from .strategy import ClientInfo
+from hasa_flwr.method.allocation import Allocation
+from hasa_flwr.federation.config import Settings
+from hasa_flwr.data import vocab_hash
+from hasa_flwr.method.metrics import summarize
+from hasa_flwr.federation.strategy import ClientInfo
 
 
 def privacy(settings: Settings, vocab_source: str | None, secure: list[dict] | None = None) -> dict[str, Any]:

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .sweep import Job, LABEL, Runner, SweepOutcome, base_config, default_runner, parse_seeds, run_jobs
+from hasa_flwr.study.sweep import Job, LABEL, Runner, SweepOutcome, base_config, default_runner, parse_seeds, run_jobs
 
 
 @dataclass(frozen=True)

@@ -33,11 +33,11 @@ from flwr.server.workflow import SecAggPlusWorkflow
 from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD, MAIN_PARAMS_RECORD, Key
 from flwr.serverapp import Grid
 
-from .config import Settings
-from .data import read_candidates, vocab_hash
-from .data.files import resolve_path
-from .data.text import build_vocab
-from .strategy import ClientInfo, FederationError, ask
+from hasa_flwr.federation.config import Settings
+from hasa_flwr.data import read_candidates, vocab_hash
+from hasa_flwr.data.files import resolve_path
+from hasa_flwr.data.text import build_vocab
+from hasa_flwr.federation.strategy import ClientInfo, FederationError, ask
 
 MODULUS = 2**32         # Flower's largest modulus_range: the masked sum of K quantised vectors must fit
 MAX_QUANTIZATION = 2**30  # Flower's stochastic rounding casts to int32

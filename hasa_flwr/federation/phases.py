@@ -17,16 +17,16 @@ from flwr.common import log
 from flwr.serverapp import Grid
 from flwr.superlink.grid.inmemory_grid import InMemoryGrid  # the simulation engine's grid
 
-from .allocation import Allocation, allocate
-from .checkpoint import Checkpoint, ResumeError, allocation_from_record
-from .config import Settings
-from .data import DataError
-from .models import mac_cost
-from .run_models import init_from, meta_for
-from .scores import scores_from_counts
-from .secure_stats import SecureSum, left_out, secure_scores, secure_vocabulary
-from .strategy import ClientInfo, FederationError, agree_vocabulary, deliver_subnets, query_losses
-from .subnet import prefix_state
+from hasa_flwr.method.allocation import Allocation, allocate
+from hasa_flwr.federation.checkpoint import Checkpoint, ResumeError, allocation_from_record
+from hasa_flwr.federation.config import Settings
+from hasa_flwr.data import DataError
+from hasa_flwr.method.models import mac_cost
+from hasa_flwr.federation.run_models import init_from, meta_for
+from hasa_flwr.method.scores import scores_from_counts
+from hasa_flwr.federation.secure_stats import SecureSum, left_out, secure_scores, secure_vocabulary
+from hasa_flwr.federation.strategy import ClientInfo, FederationError, agree_vocabulary, deliver_subnets, query_losses
+from hasa_flwr.method.subnet import prefix_state
 
 
 def initial_supernet(settings: Settings, num_classes: int, input_shape, vocab) -> torch.nn.Module:

@@ -1,0 +1,1 @@
+"""The federation on Flower: run config, strategy, phases, client handlers, checkpoints, secure statistics."""

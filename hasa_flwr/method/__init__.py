@@ -1,0 +1,1 @@
+"""The method, pure (no Flower): scores, allocation, slicing, aggregation, models, training."""

@@ -1,0 +1,1 @@
+"""Studies and operations: sweeps, grids, reports, statistics, benchmarks, local deployments and processes."""
