@@ -188,6 +188,12 @@ def query_losses(grid: Grid, clients: list[ClientInfo], arrays: ArrayRecord, wid
     return np.array([float(replies[c.node_id]["metrics"]["loss"]) for c in clients])
 
 
+def answered_node(reply: Message, node_of: dict[str, int]) -> int:
+    """The node a reply answers for. A lost node is answered for by the SuperLink itself ("Node
+    Unavailable", from another sender id), so replies are matched to the sent messages by reply-to id."""
+    return node_of.get(reply.metadata.reply_to_message_id, reply.metadata.src_node_id)
+
+
 def deliver_subnets(grid: Grid, clients: list[ClientInfo], subnets: dict[int, tuple[ArrayRecord, str]],
                     run_id: int, timeout: float) -> dict[str, str]:
     """Deployment: each device receives its own final subnet (never wider than its width) and its
@@ -199,8 +205,7 @@ def deliver_subnets(grid: Grid, clients: list[ClientInfo], subnets: dict[int, tu
     node_of = {m.metadata.message_id: n for n, m in messages.items()}
     got = {}
     for reply in grid.send_and_receive(list(messages.values()), timeout=timeout):
-        node = node_of.get(reply.metadata.reply_to_message_id, reply.metadata.src_node_id)
-        got[node] = (f"not stored: {reply.error.reason.strip().splitlines()[-1][:300]}" if reply.has_error()
+        got[answered_node(reply, node_of)] = (f"not stored: {reply.error.reason.strip().splitlines()[-1][:300]}" if reply.has_error()
                      else str(reply.content["info"]["path"]))
     stored = {c.name: got.get(c.node_id, "not stored: no reply") for c in clients}
     for name, where in stored.items():
@@ -304,15 +309,11 @@ class HasaStrategy(Strategy):
         return {node: c for node, c in self.clients.items() if c.partition_id in chosen}
 
     def by_node(self, server_round: int, replies: Iterable[Message]) -> dict[int, Message]:
-        """Replies keyed by the node they answer for; logs nodes that failed or gave no reply.
-
-        A lost node is answered for by the SuperLink itself ("Node Unavailable", from another
-        sender id), so replies are matched to the sent messages by reply-to id, not by sender.
-        """
+        """Replies keyed by the node they answer for; logs nodes that failed or gave no reply."""
         node_of = {m.metadata.message_id: node for node, m in self.outbox if m.metadata.message_id}
         got: dict[int, Message] = {}
         for msg in replies:
-            node = node_of.get(msg.metadata.reply_to_message_id, msg.metadata.src_node_id)
+            node = answered_node(msg, node_of)
             if node not in self.clients:
                 log(WARNING, "round %d: ignoring a reply from unknown node %d", server_round, node)
             elif msg.has_error():

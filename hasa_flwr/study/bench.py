@@ -257,7 +257,10 @@ def plain_loop(settings, widths: list[float], *, num_threads: int) -> PlainTimes
 def message_costs(settings, config: dict[str, Any], widths: list[float]) -> dict[str, float]:
     """Per-round costs Flower adds around the same computation, measured in this process.
 
-    - records: state dict <-> ArrayRecord conversions (server and client side, train and evaluate);
+    A round is what the run sends: one train message per client whose reply also carries the
+    evaluation of the model it received (one exchange, the default), or with one-exchange=false a
+    train and an evaluate message (the evaluate one holding the full model).
+    - records: state dict <-> ArrayRecord conversions (server and client side);
     - pickle: Ray's (cloud)pickling of (message, context) to the actor and of the reply back, with bytes;
     - setup: the ClientApp's per-message setup (run config parsing, cached data lookup).
     """
@@ -295,11 +298,12 @@ def message_costs(settings, config: dict[str, Any], widths: list[float]) -> dict
     t0 = time.perf_counter()
     full_record.to_torch_state_dict()  # the strategy's configure_train reads the global model once
     costs["records_s"] += time.perf_counter() - t0
+    fused = settings.fused_evaluation
     for pid, width in enumerate(widths):
         c = ctx(pid)
         t0 = time.perf_counter()
-        client_mod.client_data(settings, c)  # train message
-        client_mod.client_data(settings, c)  # evaluate message
+        for _ in range(1 if fused else 2):  # the train message (and the evaluate message)
+            client_mod.client_data(settings, c)
         costs["setup_s"] += time.perf_counter() - t0
         idx = select_units("prefix", width, sizes)
         sub = extract(state, spec, idx, sizes)
@@ -309,15 +313,15 @@ def message_costs(settings, config: dict[str, Any], widths: list[float]) -> dict
         rec.to_torch_state_dict()
         back = ArrayRecord(sub)
         back.to_torch_state_dict()
-        # evaluate: the client unpacks the full record (prefix model), and again in the final round
-        full_record.to_torch_state_dict()
+        if not fused:  # evaluate: the client unpacks the full record (prefix model)
+            full_record.to_torch_state_dict()
         costs["records_s"] += time.perf_counter() - t0
-        msgs = [
-            (Message(RecordDict({"arrays": rec, "config": ConfigRecord({"width": width, "server-round": 2})}),
-                     dst_node_id=pid + 1, message_type="train"), "bytes_to_clients"),
-            (Message(RecordDict({"arrays": full_record, "config": ConfigRecord({"width": width})}),
-                     dst_node_id=pid + 1, message_type="evaluate"), "bytes_to_clients"),
-        ]
+        msgs = [(Message(RecordDict({"arrays": rec, "config": ConfigRecord({"width": width, "server-round": 2,
+                                                                            "evaluate-first": fused})}),
+                         dst_node_id=pid + 1, message_type="train"), "bytes_to_clients")]
+        if not fused:
+            msgs.append((Message(RecordDict({"arrays": full_record, "config": ConfigRecord({"width": width})}),
+                                 dst_node_id=pid + 1, message_type="evaluate"), "bytes_to_clients"))
         for msg, key in msgs:
             msg.metadata.__dict__["_message_id"] = f"bench-{pid}-{key}"
             t0 = time.perf_counter()
@@ -325,7 +329,8 @@ def message_costs(settings, config: dict[str, Any], widths: list[float]) -> dict
             cp.loads(blob)
             costs["pickle_s"] += time.perf_counter() - t0
             costs[key] += len(blob)
-            reply_content = RecordDict({"arrays": back, "metrics": MetricRecord({"num-examples": 1})}) \
+            evaluated = {"eval-accuracy": 0.1, "eval-loss": 1.0} if fused else {}
+            reply_content = RecordDict({"arrays": back, "metrics": MetricRecord({"num-examples": 1, **evaluated})}) \
                 if msg.metadata.message_type == "train" else RecordDict({"metrics": MetricRecord({"accuracy": 0.1})})
             reply = Message(reply_content, reply_to=msg)
             t0 = time.perf_counter()
