@@ -10,6 +10,7 @@ import time
 from types import SimpleNamespace
 
 import pytest
+from conftest import ROOT
 from flwr.superlink.grid.inmemory_grid import InMemoryGrid
 
 from hasa_flwr.study.deploy_bench import compared, markdown
@@ -74,6 +75,13 @@ def test_noop_app_imports_only_flower(tmp_path):
     assert out.returncode == 0, out.stderr
     assert "torch" not in out.stdout and "hasa_flwr" not in out.stdout
     assert (folder / "pyproject.toml").read_text().count("noop_app:") == 2
+
+
+def test_clientapp_freezes_what_it_imported():
+    """Each deployed message's process imports client_app; its imports are kept out of the collector."""
+    code = "import gc, client_app; print(gc.get_freeze_count() > 100_000)"
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "True", out.stderr
 
 
 def test_compared_rounds():
