@@ -58,15 +58,13 @@ def answer(msg: Message, context: Context) -> Message:
 
 @server.main()
 def rounds(grid: Grid, context: Context) -> None:
-    from hasa_flwr.federation.polling import prompt   # the server side only: the ServerApp polls as hasa-flwr's does
+    # the server side only (its ClientApp stays Flower-only): poll and wait for devices as hasa-flwr does
+    from hasa_flwr.federation.polling import prompt
+    from hasa_flwr.federation.strategy import wait_for_nodes
 
     rc = context.run_config
     grid = prompt(grid, float(rc["reply-poll"]))
-    deadline = time.monotonic() + float(rc["wait-seconds"])
-    while len(nodes := sorted(grid.get_node_ids())) < int(rc["num-clients"]):
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"only {len(nodes)} of {rc['num-clients']} SuperNodes connected")
-        time.sleep(0.5)
+    nodes = wait_for_nodes(grid, int(rc["num-clients"]), float(rc["wait-seconds"]))
     seconds = []
     for r in range(1, int(rc["num-server-rounds"]) + 1):
         start = time.perf_counter()

@@ -15,7 +15,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -58,18 +58,23 @@ def rss_bytes(pid: int) -> int:
     return 0
 
 
-def stop_marked(value: str, grace: float = 10.0) -> None:
-    """SIGTERM, then SIGKILL, every marked process (a zombie has no environ left, so it is done)."""
+def terminate(find: Callable[[], Iterable[int]], grace: float) -> None:
+    """SIGTERM, then SIGKILL, the processes ``find()`` names, each time waiting up to ``grace`` s for
+    all of them to be gone (``find`` is asked again, so late-started ones are caught too)."""
     for sig in (signal.SIGTERM, signal.SIGKILL):
-        pids = marked_pids(value)
-        for pid in pids:
+        for pid in find():
             try:
                 os.kill(pid, sig)
             except OSError:
                 pass
         deadline = time.monotonic() + grace
-        while pids and time.monotonic() < deadline and marked_pids(value):
+        while time.monotonic() < deadline and any(alive(p) for p in find()):
             time.sleep(0.2)
+
+
+def stop_marked(value: str, grace: float = 10.0) -> None:
+    """SIGTERM, then SIGKILL, every marked process (a zombie has no environ left, so it is done)."""
+    terminate(lambda: marked_pids(value), grace)
 
 
 @contextmanager
@@ -134,17 +139,14 @@ def alive(pid: int) -> bool:
 def kill_tree(pid: int, timeout: float = 10.0) -> None:
     """SIGTERM ``pid``, its descendants and its session (it was started with a new session), then
     SIGKILL whatever is left (Ray's agents may ignore SIGTERM)."""
-    pids = set(descendants(pid)) | set(session_members(pid)) - {os.getpid()}
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        for p in pids:
-            try:
-                os.kill(p, sig)
-            except ProcessLookupError:
-                pass
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and any(alive(p) for p in pids):
-            time.sleep(0.2)
-        pids |= set(session_members(pid)) - {os.getpid()}
+    pids = set(descendants(pid))
+
+    def find() -> set[int]:
+        pids.update(session_members(pid))
+        pids.discard(os.getpid())
+        return pids
+
+    terminate(find, timeout)
 
 
 def kill_tree_now(pid: int) -> None:
