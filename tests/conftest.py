@@ -1,11 +1,20 @@
+import atexit
 import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).parent))
+
+# Simulated clients and devices keep prepared data under $XDG_CACHE_HOME/hasa-flwr: the tests' runs
+# (and every process they start) use their own, never the user's.
+_CACHE = tempfile.mkdtemp(prefix="hasa-test-cache-")
+os.environ["XDG_CACHE_HOME"] = _CACHE
+atexit.register(shutil.rmtree, _CACHE, True)
 
 
 def medium_csv() -> Path | None:

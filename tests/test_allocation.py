@@ -128,6 +128,16 @@ def test_normalized_ranks_average_ties():
     np.testing.assert_allclose(normalized_ranks(np.array([7.0, 7.0, 7.0])), [0.5, 0.5, 0.5])
 
 
+def test_normalized_ranks_match_scipy():
+    """The numpy ranks (no scipy import in the ServerApp) are scipy's average ranks, ties included."""
+    from scipy.stats import rankdata
+
+    rng = np.random.default_rng(0)
+    for m in (2, 3, 7, 50, 1000):
+        for scores in (rng.normal(size=m), rng.integers(0, 4, size=m).astype(float), -np.abs(rng.normal(size=m))):
+            np.testing.assert_array_equal(normalized_ranks(scores), (rankdata(scores) - 1.0) / (m - 1.0))
+
+
 def test_hasa_ties_equal_widths_and_average_ranks():
     a = allocate("hasa", np.array([1.0, 2.0, 2.0, 3.0]), np.array([10, 20, 30, 40]), budget=0.5)
     np.testing.assert_allclose(a.ranks, [0.0, 0.5, 0.5, 1.0])

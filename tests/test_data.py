@@ -420,3 +420,35 @@ def test_a_device_prepares_its_data_once(tmp_path):
     second = cached_tensors(src, str(path), "ux", vocab, tmp_path / "cache")
     assert len(list((tmp_path / "cache").glob("tensors-*.pt"))) == 2
     assert second.x_train.shape[0] + second.x_test.shape[0] == first.x_train.shape[0] + first.x_test.shape[0] + 1
+
+
+def test_simulated_clients_partition_one_file_once(tmp_path):
+    """A simulated client of one shared file gets its split from the node's cache: the same split,
+    and a later run's fresh actor never imports HF datasets, pandas or flwr-datasets; a changed file
+    or seed gets a new entry."""
+    import subprocess
+    import sys
+
+    from hasa_flwr.data.cache import cached_partition
+
+    rows = ["title,publication"] + [f"Zeta story number {i},Zeta" for i in range(10)]
+    rows += [f"Alpha post {i} here,Alpha" for i in range(6)]
+    path = tmp_path / "pubs.csv"
+    path.write_text("\n".join(rows) + "\n")
+    cache = tmp_path / "cache"
+    src = Source("text", data_path=str(path), client_column="publication", num_clients=2, seed=3)
+    for pid in (0, 1):
+        assert cached_partition(src, pid, cache) == text_split.__wrapped__(src, pid)
+    assert len(list(cache.glob("partition-*.json"))) == 2
+    code = ("import sys; from pathlib import Path; from hasa_flwr.data import Source; "
+            "from hasa_flwr.data.cache import cached_partition; "
+            f"s = cached_partition(Source('text', data_path={str(path)!r}, client_column='publication', num_clients=2, "
+            f"seed=3), 1, Path({str(cache)!r})); "
+            "print(s.name, len(s.train), [m for m in ('datasets', 'pandas', 'flwr_datasets') if m in sys.modules])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    expected = text_split.__wrapped__(src, 1)
+    assert out.stdout.split() == [expected.name, str(len(expected.train)), "[]"], out.stdout
+    cached_partition(Source("text", data_path=str(path), client_column="publication", num_clients=2, seed=4), 0, cache)
+    path.write_text(path.read_text() + "Alpha post extra here,Alpha\n")
+    cached_partition(src, 0, cache)
+    assert len(list(cache.glob("partition-*.json"))) == 4

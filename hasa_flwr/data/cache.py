@@ -5,6 +5,10 @@ re-encodes the device's file (importing HF `datasets` and pandas on the way). Tw
 what shapes them: (file sha256, text column, seed, test fraction, words per title, name) -> the
 split titles; + the agreed vocabulary's hash -> the tensors. A changed file or vocabulary simply
 gets new keys. Entries are written to a temp file and renamed, so a crash never leaves half a file.
+
+Simulated clients that share one file (a client column) keep their splits here too: partitioning
+the file takes HF `datasets` and flwr-datasets (~2 s of imports), which every run's Ray actors would
+otherwise pay again in their first message.
 """
 
 from __future__ import annotations
@@ -13,12 +17,14 @@ import hashlib
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
 from .clients import LOCAL, Source, device_path, for_device, text_split
 from .core import ClientData, DataError
+from .files import resolve_path
 from .text import TextSplit, encode_split, vocab_hash
 
 
@@ -59,17 +65,34 @@ def _write(path: Path, write) -> None:
         raise
 
 
-def cached_split(src: Source, node_path: str, node_name: str, cache_dir: Path) -> TextSplit:
-    """This device's split titles, from the cache when its file has not changed."""
-    path = device_file(node_path, node_name)
-    entry = cache_dir / f"split-{_split_key(src, path, node_name)}.json"
+def _stored_split(entry: Path, make: Callable[[], TextSplit]) -> TextSplit:
     if entry.is_file():
         raw = json.loads(entry.read_text())
         return TextSplit(raw["name"], tuple(map(tuple, raw["train"])), tuple(map(tuple, raw["test"])))
-    split = text_split.__wrapped__(src, LOCAL, node_path, node_name)  # the file changed: never the memo
+    split = make()
     _write(entry, lambda tmp: Path(tmp).write_text(json.dumps(
         {"name": split.name, "train": split.train, "test": split.test})))
     return split
+
+
+def cached_split(src: Source, node_path: str, node_name: str, cache_dir: Path) -> TextSplit:
+    """This device's split titles, from the cache when its file has not changed."""
+    path = device_file(node_path, node_name)
+    return _stored_split(cache_dir / f"split-{_split_key(src, path, node_name)}.json",
+                         lambda: text_split.__wrapped__(src, LOCAL, node_path, node_name))  # never the memo
+
+
+def cached_partition(src: Source, partition_id: int, cache_dir: Path) -> TextSplit:
+    """A simulated client's split titles; from the cache when they come from one shared file."""
+    if src.dataset == "synthetic" or not src.client_column:  # nothing heavy to spare (or an error to raise)
+        return text_split(src, partition_id)
+    path = resolve_path(src.data_path)
+    if not path.is_file():  # one file per client: read directly
+        return text_split(src, partition_id)
+    shape = [file_digest(path), src.client_column, src.text_column, src.num_clients, src.seed, src.test_fraction,
+             src.max_title_words, partition_id]
+    key = hashlib.sha256(json.dumps(shape).encode()).hexdigest()[:24]
+    return _stored_split(cache_dir / f"partition-{key}.json", lambda: text_split.__wrapped__(src, partition_id))
 
 
 def cached_tensors(src: Source, node_path: str, node_name: str, vocab: list[str], cache_dir: Path) -> ClientData:

@@ -20,8 +20,8 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 
 from hasa_flwr.federation.config import Settings, settings_from_run_config
 from hasa_flwr.data import (LOCAL, ClientData, DataError, encode_split, node_image_data, read_candidates, read_vocab,
-                   text_split, vocab_hash)
-from hasa_flwr.data.cache import cached_split, cached_tensors, default_cache_dir
+                            vocab_hash)
+from hasa_flwr.data.cache import cached_partition, cached_split, cached_tensors, default_cache_dir
 from hasa_flwr.data.files import resolve_path
 from hasa_flwr.method.model_files import save_model
 from hasa_flwr.method.scores import entropy_scores, jsd_to_pooled
@@ -78,7 +78,7 @@ def client_data(settings: Settings, context: Context, expected_hash: str | None 
         if pid == LOCAL:  # a device: every message is a fresh process, so prepare once, on disk
             _ENCODED[key] = cached_tensors(src, path, name, vocab, cache_dir(context))
         else:
-            _ENCODED[key] = encode_split(text_split(src, pid, path, name), vocab, src.max_title_words)
+            _ENCODED[key] = encode_split(cached_partition(src, pid, cache_dir(context)), vocab, src.max_title_words)
     return _ENCODED[key], len(vocab)
 
 
@@ -126,11 +126,11 @@ def checked_width(context: Context, width: float) -> float:
 
 
 def own_split(settings: Settings, context: Context):
-    """This client's cleaned, split titles (a device: from its cache)."""
+    """This client's cleaned, split titles, from the node's cache (see data/cache.py)."""
     pid, path, name = node_identity(settings, context)
     if pid == LOCAL:
         return cached_split(settings.source, path, name, cache_dir(context))
-    return text_split(settings.source, pid, path, name)
+    return cached_partition(settings.source, pid, cache_dir(context))
 
 
 def query_vocab(msg: Message, context: Context) -> Message:

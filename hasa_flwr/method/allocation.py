@@ -34,9 +34,11 @@ def normalized_ranks(scores: np.ndarray) -> np.ndarray:
     scores = np.asarray(scores, dtype=np.float64)
     if len(scores) == 1:
         return np.array([0.5])
-    from scipy.stats import rankdata  # here, not at import: a device's message process never needs scipy
-
-    return (rankdata(scores, method="average") - 1.0) / (len(scores) - 1.0)
+    # average ranks (scipy's rankdata "average") in numpy: importing scipy costs the ServerApp ~0.5 s per run
+    _, which, counts = np.unique(scores, return_inverse=True, return_counts=True)
+    last = np.cumsum(counts)
+    ranks = ((last - counts + 1 + last) / 2.0)[which]
+    return (ranks - 1.0) / (len(scores) - 1.0)
 
 
 def check_feasible(budget: float, shares: np.ndarray, caps: np.ndarray, w_min: float, w_max: float,
