@@ -186,6 +186,9 @@ def test_real_sweep_through_flower(superlink, tmp_path):
                     runner=default_runner(ROOT, env=superlink, timeout=600), progress=False)
     logs = {k: (out / k / "flwr.log").read_text()[-3000:] for k in ("uniform/seed-0", "hasa/seed-0")}
     assert outcome.done == ["uniform/seed-0", "hasa/seed-0"], logs
+    for k, text in logs.items():  # each run's stream ends at the results line: Flower's teardown overlaps the next
+        assert text.rstrip().splitlines()[-1] == f"results: {out / k / '.flwr-results'}/" + \
+            f"{json.loads((out / k / 'results.json').read_text())['run_id']}/results.json", text[-500:]
     for k in outcome.done:
         res = json.loads((out / k / "results.json").read_text())
         assert res["strategy"] == k.split("/")[0] and res["config"]["num_rounds"] == 1

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +34,7 @@ FLWR_ENV = {
 }
 RUN_ID = re.compile(r"Successfully started run (\d+)")
 APP_ERROR = re.compile(r"hasa-flwr: (.*)$")
+RESULTS_LINE = re.compile(r"^results: (.+\.json)$")  # the ServerApp's last line, logged after results.json
 
 
 def app_defaults(app_dir: Path) -> dict[str, Any]:
@@ -93,13 +96,16 @@ class RunOutcome:
 def flwr_run(app_dir: Path, overrides: dict[str, Any], *, num_supernodes: int, federation_config: str = "",
              connection: str | None = None, log=None, env: dict[str, str] | None = None,
              timeout: float | None = None, cwd: Path | None = None,
-             on_line: Callable[[str], None] | None = None) -> RunOutcome:
+             on_line: Callable[[str], None] | None = None, until_results: bool = False) -> RunOutcome:
     """Run `flwr run <app> --stream` and find the results.json it wrote (or the app's error).
 
     ``overrides`` must hold an absolute ``results-dir``: a reused local SuperLink keeps the
     working directory of the `flwr run` that started it, so relative paths would land there.
     ``on_line`` sees every streamed line (to act mid-run). After ``timeout`` seconds, or on Ctrl-C,
     the run is stopped on the SuperLink (`flwr stop`, else it would go on there).
+    ``until_results``: stop streaming once the ServerApp has written results.json (its last line);
+    Flower's teardown of the run (actors, a 1 s log flush, the end of the stream: ~2.5 s) then
+    overlaps with whatever the caller starts next, e.g. a sweep's next run.
     """
     results_dir = Path(overrides["results-dir"])
     if not results_dir.is_absolute():
@@ -113,6 +119,7 @@ def flwr_run(app_dir: Path, overrides: dict[str, Any], *, num_supernodes: int, f
     if overrides:
         cmd += ["--run-config", to_flwr_args(overrides)]
     seen: dict[str, Any] = {"run_id": None, "error": None}
+    written = threading.Event()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                             text=True, env=run_env, cwd=cwd)
 
@@ -127,11 +134,14 @@ def flwr_run(app_dir: Path, overrides: dict[str, Any], *, num_supernodes: int, f
                 seen["error"] = m.group(1).strip()
             if on_line is not None:
                 on_line(line)
+            if until_results and RESULTS_LINE.match(line.strip()):
+                written.set()
+                return
 
     reader = threading.Thread(target=pump, daemon=True)
     reader.start()
     try:
-        proc.wait(timeout=timeout)
+        wait_for(proc, written, timeout)
     except subprocess.TimeoutExpired:
         if seen["run_id"] is not None:
             flwr_stop(seen["run_id"], connection, env, cwd)
@@ -142,10 +152,18 @@ def flwr_run(app_dir: Path, overrides: dict[str, Any], *, num_supernodes: int, f
             flwr_stop(seen["run_id"], connection, env, cwd)
         raise
     finally:
+        if written.is_set() and proc.poll() is None:  # the CLI only streams the log now: end it as Ctrl-C would
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                pass
         if proc.poll() is None:
             proc.kill()
             proc.wait()
         reader.join(timeout=10)
+    if written.is_set():
+        proc.returncode = 0
     run_id = seen["run_id"]
     path = results_dir / str(run_id) / "results.json" if run_id is not None else None
     if overrides.get("resume-from"):  # a resumed run finishes the folder it continues
@@ -155,6 +173,14 @@ def flwr_run(app_dir: Path, overrides: dict[str, Any], *, num_supernodes: int, f
     if path is None and seen["error"] is None and run_id is not None and connection and proc.returncode == 0:
         seen["error"] = app_error_from_log(run_id, connection, env, cwd)  # a deployed run that failed fast
     return RunOutcome(run_id, path, seen["error"], proc.returncode or 0)
+
+
+def wait_for(proc: subprocess.Popen, written: threading.Event, timeout: float | None) -> None:
+    """Until the CLI exits or ``written`` is set; subprocess.TimeoutExpired after ``timeout`` s."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while proc.poll() is None and not written.wait(0.1):
+        if deadline is not None and time.monotonic() > deadline:
+            raise subprocess.TimeoutExpired(proc.args, timeout)
 
 
 def app_error_from_log(run_id: int, connection: str | None = None, env: dict[str, str] | None = None,

@@ -315,7 +315,8 @@ class LogTee:
 
 class FlwrRunner:
     """``launch.flwr_run`` on a snapshot of one app, taken at the first run (``launch.app_snapshot``:
-    ~3 s less per run where the app folder holds a virtual environment) and removed at exit."""
+    ~3 s less per run where the app folder holds a virtual environment) and removed at exit; each
+    run's teardown overlaps with the next run's start (``until_results``)."""
 
     def __init__(self, app: Path, env: dict[str, str] | None = None, timeout: float | None = None) -> None:
         self.app, self.env, self.timeout = Path(app), env, timeout
@@ -328,7 +329,7 @@ class FlwrRunner:
                 snapshot = tempfile.TemporaryDirectory(prefix="hasa-app-")
                 app_snapshot(self.app, Path(snapshot.name))
                 self.snapshot = snapshot
-        return flwr_run(Path(self.snapshot.name), config, env=self.env, timeout=self.timeout, **kw)
+        return flwr_run(Path(self.snapshot.name), config, env=self.env, timeout=self.timeout, until_results=True, **kw)
 
 
 def default_runner(app: Path, env: dict[str, str] | None = None, timeout: float | None = None) -> Runner:
