@@ -67,6 +67,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         outcome = go()
     print(f"sweep: {len(outcome.done)} run(s) done, {len(outcome.skipped)} skipped (already finished), "
           f"{len(outcome.failed)} failed; results in {Path(args.out).absolute()}")
+    if (timing := outcome.timing()) is not None:
+        print(f"timing: {timing}")
     for key, why in outcome.failed:
         print(f"hasa: error: {key} failed: {why}", file=sys.stderr)
     if not outcome.failed:

@@ -268,3 +268,14 @@ def test_jobs_run_at_once_on_their_own_share_of_the_cores(tmp_path):
     assert json.loads((out / "sweep.json").read_text())["jobs"] == 2
     assert run_fake(out, runner, seeds=(0, 1, 2), jobs=2).skipped and peak[0] == 2
     assert job_resources("", 7, 1) == "num-supernodes=7"
+
+
+def test_sweep_reports_its_throughput(tmp_path):
+    """`hasa sweep` ends with runs/hour and each run's time outside its rounds (run wall - round seconds)."""
+    outcome = run_fake(tmp_path / "s", FakeRunner())
+    assert sorted(outcome.outside) == sorted(outcome.done) and len(outcome.done) == 4
+    for key in outcome.done:
+        assert outcome.outside[key] == pytest.approx(outcome.seconds[key] - 0.5)
+    assert outcome.wall >= sum(outcome.seconds.values())
+    assert outcome.timing().startswith(f"4 run(s) in {outcome.wall:.1f} s (")
+    assert run_fake(tmp_path / "s", FakeRunner()).timing() is None  # all skipped: nothing was timed

@@ -70,6 +70,17 @@ class SweepOutcome:
     skipped: list[str] = field(default_factory=list)
     failed: list[tuple[str, str]] = field(default_factory=list)   # (key, error line)
     seconds: dict[str, float] = field(default_factory=dict)
+    outside: dict[str, float] = field(default_factory=dict)  # a finished run's seconds outside its rounds
+    wall: float = 0.0  # from the first run's start to the last one's end
+
+    def timing(self) -> str | None:
+        """Throughput of the runs done here: what `hasa sweep` prints at the end."""
+        if not self.done or self.wall <= 0:
+            return None
+        outside = sum(self.outside[k] for k in self.done) / len(self.done)
+        return (f"{len(self.done)} run(s) in {self.wall:.1f} s ({3600 * len(self.done) / self.wall:.0f} runs/hour); "
+                f"per run {outside:.1f} s outside the rounds (CLI, simulation start, actors, statistics rounds, "
+                "teardown)")
 
 
 # ----------------------------------------------------------------------------- parsing helpers
@@ -438,17 +449,20 @@ def run_jobs(out: Path, base: dict[str, Any], jobs: list[Job], runner: Runner, *
                                              "round_seconds": [round(h["seconds"], 3) for h in res.get("history", [])]}
                 write_json(out / "sweep.json", manifest)
                 outcome.done.append(job.key)
+                outcome.outside[job.key] = seconds - sum(h["seconds"] for h in res.get("history", []))
                 say(f"{job.key}: mean {summary['mean']:.4f} worst {summary['worst']:.4f} "
                     f"tail {summary['tail']:.4f} ({seconds:.0f} s)")
             if bar is not None:
                 bar.update(1)
 
+    began = time.perf_counter()
     try:
         if parallel <= 1:
             for job in pending:
                 run_one(job)
         else:
             run_parallel(pending, run_one, parallel)
+        outcome.wall = time.perf_counter() - began
     except KeyboardInterrupt:
         for key, log in list(running.items()):  # a worker thread's flwr run does not see the Ctrl-C
             if log.run_id is not None:
