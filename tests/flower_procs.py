@@ -10,27 +10,11 @@ import os
 import shutil
 import subprocess
 import tempfile
-import time
 from contextlib import contextmanager
 from pathlib import Path
 
-import httpx
-
-from hasa_flwr.study.processes import BIN, free_port, kill_tree
-
-
-def wait_http(url: str, proc: subprocess.Popen, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{proc.args[0]} exited with {proc.returncode}")
-        try:
-            if httpx.get(url, timeout=1.0).is_success:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
-    raise TimeoutError(f"{url} not healthy within {timeout}s")
+from hasa_flwr.study.deployment import wait_health
+from hasa_flwr.study.processes import BIN, free_ports, kill_tree
 
 
 class SuperlinkEnv(dict):
@@ -46,7 +30,7 @@ def simulation_superlink(extra_env: dict[str, str] | None = None):
     (a SuperlinkEnv: also its PID, for tests that kill it)."""
     home = Path(tempfile.mkdtemp(prefix="flwr-home-"))
     ray_tmp = Path(tempfile.mkdtemp(prefix="ray", dir="/tmp"))  # short: Ray's socket paths are length-limited
-    http, control, fleet = free_port(), free_port(), free_port()
+    http, control, fleet = free_ports(3)
     env = {**os.environ, "FLWR_HOME": str(home), "RAY_TMPDIR": str(ray_tmp), "FLWR_TELEMETRY_ENABLED": "0",
            "FLWR_DISABLE_UPDATE_CHECK": "1", "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
            "FLWR_LOCAL_SUPERLINK_HTTP_API_PORT": str(http), "FLWR_LOCAL_CONTROL_API_PORT": str(control),
@@ -60,7 +44,7 @@ def simulation_superlink(extra_env: dict[str, str] | None = None):
     env = SuperlinkEnv(env)
     env.pid, env.home = proc.pid, home
     try:
-        wait_http(f"http://127.0.0.1:{http}/health", proc)
+        wait_health(f"http://127.0.0.1:{http}/health", proc, home / "superlink.log")
         yield env
     finally:
         kill_tree(proc.pid)

@@ -22,10 +22,10 @@ from conftest import ROOT
 
 from hasa_flwr.study.credentials import make_node_keys
 from hasa_flwr.study.deploy_bench import one_run
-from hasa_flwr.study.deployment import deployment, free_ports, run_app, start_process
+from hasa_flwr.study.deployment import deployment, run_app, start_process
 from hasa_flwr.study.launch import to_flwr_args
 from hasa_flwr.study.noop_app import write_noop_app
-from hasa_flwr.study.processes import BIN, alive, pids_with_env
+from hasa_flwr.study.processes import BIN, alive, free_ports, pids_with_env
 
 CAPS = (0.8, 0.5, 0.3)          # one device per cap: the widest, a mid-range and a weak one
 BUDGET = 0.4

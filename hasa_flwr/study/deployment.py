@@ -32,23 +32,7 @@ import httpx
 
 from hasa_flwr.study.credentials import HOST, TlsFiles, make_node_keys, make_tls_files
 from hasa_flwr.study.launch import RunOutcome, flwr_run, to_flwr_args
-from hasa_flwr.study.processes import BIN, alive, kill_tree, kill_tree_now, pids_with_env
-
-
-def free_ports(n: int) -> list[int]:
-    """``n`` distinct free ports (sockets held together so none is handed out twice)."""
-    import socket
-
-    socks = []
-    try:
-        for _ in range(n):
-            s = socket.socket()
-            s.bind((HOST, 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
+from hasa_flwr.study.processes import BIN, alive, free_ports, kill_tree, kill_tree_now, pids_with_env
 
 
 def wait_health(url: str, proc: subprocess.Popen, log: Path, timeout: float = 60.0,

@@ -23,10 +23,22 @@ MARKER = "HASA_MARKER"
 BIN = Path(sys.executable).parent   # flwr, flower-superlink, flower-supernode of this environment
 
 
+def free_ports(n: int) -> list[int]:
+    """``n`` distinct free ports on 127.0.0.1 (sockets held together so none is handed out twice)."""
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return free_ports(1)[0]
 
 
 def pids_with_env(entry: str) -> list[int]:
@@ -84,9 +96,10 @@ def private_flower(grace: float = 10.0) -> Iterator[dict[str, str]]:
     value = uuid.uuid4().hex
     home = Path(tempfile.mkdtemp(prefix="hasa-flwr-"))
     ray_tmp = Path(tempfile.mkdtemp(prefix="rh", dir="/tmp"))  # Ray's socket paths are length-limited
+    http, control = free_ports(2)
     try:
         yield {MARKER: value, "FLWR_HOME": str(home), "RAY_TMPDIR": str(ray_tmp),
-               "FLWR_LOCAL_SUPERLINK_HTTP_API_PORT": str(free_port()), "FLWR_LOCAL_CONTROL_API_PORT": str(free_port())}
+               "FLWR_LOCAL_SUPERLINK_HTTP_API_PORT": str(http), "FLWR_LOCAL_CONTROL_API_PORT": str(control)}
     finally:
         stop_marked(value, grace)
         shutil.rmtree(home, ignore_errors=True)
