@@ -257,3 +257,15 @@ def test_layout_rows_are_the_first_axis_columns_the_rest():
     assert lay.where["0.2-b-32"] == (1, 5)
     flat = layout({"axes": axes, "cells": cells}, flat=True)  # grid.md with more than two axes: a row per cell
     assert flat.rows == [c["name"] for c in cells] and flat.cols == [""] and flat.where["0.2-b-32"] == (11, 0)
+
+
+def test_a_grid_file_in_a_repository_is_shown_by_its_path_there(tmp_path):
+    """A map run from a worktree records an absolute grid path; the committed report names the file
+    as every clone has it."""
+    from hasa_flwr.study.grid_report import in_repository
+
+    (tmp_path / "wt" / ".git").parent.mkdir()
+    (tmp_path / "wt" / ".git").write_text("gitdir: /elsewhere\n")  # a worktree's .git is a file
+    assert in_repository(str(tmp_path / "wt" / "benchmarks" / "map" / "g.toml")) == "benchmarks/map/g.toml"
+    assert in_repository(str(tmp_path / "loose" / "g.toml")) == str(tmp_path / "loose" / "g.toml")
+    assert in_repository(None) is None

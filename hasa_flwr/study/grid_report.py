@@ -119,6 +119,18 @@ def _inferred_order(found: dict[str, MapCell]) -> tuple[dict[str, list[str]], li
     return axes, cells
 
 
+def in_repository(recorded: str | None) -> str | None:
+    """The grid file as a reader of a committed map can use it: its path inside its git repository
+    (a grid run from a worktree records an absolute path that only existed on that machine)."""
+    if not recorded:
+        return recorded
+    path = Path(recorded)
+    for root in path.parents:
+        if (root / ".git").exists():
+            return path.relative_to(root).as_posix()
+    return recorded
+
+
 def load_map(folder: Path) -> GridMap:
     """Every cell folder of a `hasa grid --out` folder (a sweep.json or a results.json makes a folder a cell)."""
     folder = Path(folder)
@@ -139,7 +151,9 @@ def load_map(folder: Path) -> GridMap:
         hint = (f"; {folder} holds a sweep.json, so it is a sweep folder: use `hasa report {folder}`"
                 if (folder / "sweep.json").is_file() else f": run `hasa grid GRID.toml --out {folder}` first")
         raise ReportError(f"no grid cell (<cell>/<arm>/seed-<k>/results.json) under {folder}{hint}")
-    ordered = _order_from_grid_file(grid_file, found)
+    shown = in_repository(grid_file)
+    ordered = _order_from_grid_file(grid_file if grid_file and Path(grid_file).is_file() else shown, found)
+    grid_file = shown
     if ordered is not None:
         axes, grid_arms, cells = ordered
         arms = [*grid_arms, *(a for a in arms if a not in grid_arms)]
