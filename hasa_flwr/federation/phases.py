@@ -1,13 +1,15 @@
 """The server's phases before and after the training rounds, one function each, in protocol order.
 
-server_app.run calls them top-down: vocabulary_round -> (query_stats) -> initial_supernet ->
-scores_round -> allocation_round -> (HASA rounds) -> delivery_round. Each takes the grid and what
-earlier phases produced, so a phase can also run alone (benchmarks, the loopback tests).
+server_app.run calls them top-down: a new run's ``fresh_start`` (vocabulary_round -> query_stats
+-> initial_supernet -> scores_round -> allocation_round) or a resumed run's ``resume_start``, then
+the HASA rounds, then delivery_round. Each takes the grid and what earlier phases produced, so a
+phase can also run alone (benchmarks, the loopback tests).
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from logging import WARNING
 
 import numpy as np
@@ -20,12 +22,13 @@ from flwr.superlink.grid.inmemory_grid import InMemoryGrid  # the simulation eng
 from hasa_flwr.method.allocation import Allocation, allocate
 from hasa_flwr.federation.checkpoint import Checkpoint, ResumeError, allocation_from_record
 from hasa_flwr.federation.config import Settings
-from hasa_flwr.data import DataError
+from hasa_flwr.data import DataError, vocab_hash
 from hasa_flwr.method.models import mac_cost
 from hasa_flwr.federation.run_models import init_from, meta_for
 from hasa_flwr.method.scores import scores_from_counts
 from hasa_flwr.federation.secure_stats import SecureSum, left_out, secure_scores, secure_vocabulary
-from hasa_flwr.federation.strategy import ClientInfo, FederationError, agree_vocabulary, deliver_subnets, query_losses
+from hasa_flwr.federation.strategy import (ClientInfo, FederationError, agree_vocabulary, deliver_subnets, query_losses,
+                                          query_stats)
 from hasa_flwr.method.subnet import prefix_state
 
 
@@ -148,3 +151,53 @@ def restore_roster(clients: list[ClientInfo], checkpoint: Checkpoint) -> tuple[l
 def roster_record(clients: list[ClientInfo]) -> list[dict]:
     return [{"name": c.name, "partition_id": c.partition_id, "n_train": c.n_train, "n_test": c.n_test,
              "cap": c.cap, "score": c.score, "rank": c.rank, "width": c.width} for c in clients]
+
+
+@dataclass
+class Start:
+    """What the training rounds begin from."""
+
+    clients: list[ClientInfo]   # the roster, each with its width
+    allocation: Allocation
+    model: torch.nn.Module      # the supernet (its architecture; ``initial`` holds the weights to start from)
+    initial: ArrayRecord
+    config: ConfigRecord        # sent with every round (the vocabulary's hash)
+    num_classes: int
+    input_shape: tuple[int, ...] | None
+    vocab: list[str] | None
+    vocab_source: str | None
+    secure: list[dict]          # the SecAgg+ rounds, for results.json's privacy block
+    dropped: list[dict]         # devices lost before training
+
+
+def fresh_start(grid: Grid, context: Context, settings: Settings, nodes: list[int]) -> Start:
+    """A new run: the statistics rounds, the supernet, the scores and the allocation."""
+    secure: list[SecureSum] = []
+    dropped: list[dict] = []
+    vocab, vocab_source = vocabulary_round(grid, context, nodes, settings, secure, dropped)
+    nodes = [n for n in nodes if n not in {d["node"] for d in dropped}]
+    clients, num_classes, input_shape = query_stats(grid, nodes, settings.num_clients, settings.dataset,
+                                                    settings.round_timeout, vocab, send_words=vocab_source != "file")
+    config = ConfigRecord({"vocab-hash": vocab_hash(vocab)} if vocab else {})
+    model = initial_supernet(settings, num_classes, input_shape, vocab)
+    initial = ArrayRecord(model.state_dict())
+    scores = scores_round(grid, context, settings, clients, model, initial, config, secure, dropped)
+    clients = [c for c in clients if c.node_id in scores]
+    allocation = allocation_round(settings, clients, np.array([scores[c.node_id] for c in clients]), model)
+    return Start(clients, allocation, model, initial, config, num_classes, input_shape, vocab, vocab_source,
+                 [s.record() for s in secure], dropped)
+
+
+def resume_start(grid: Grid, settings: Settings, checkpoint: Checkpoint, nodes: list[int]) -> Start:
+    """A resumed run: the checkpoint's statistics, roster and weights. The statistics are never
+    recomputed (they came from the devices as they were then); the query round only finds each
+    client's node again."""
+    p = checkpoint.progress
+    vocab, vocab_source = checkpoint.meta["vocab"], p["vocab_source"]
+    clients, num_classes, input_shape = query_stats(grid, nodes, settings.num_clients, settings.dataset,
+                                                    settings.round_timeout, vocab, send_words=vocab_source != "file")
+    config = ConfigRecord({"vocab-hash": vocab_hash(vocab)} if vocab else {})
+    model = initial_supernet(settings, num_classes, input_shape, vocab)
+    clients, allocation = restore_roster(clients, checkpoint)
+    return Start(clients, allocation, model, ArrayRecord(checkpoint.state), config, num_classes, input_shape, vocab,
+                 vocab_source, p["secure"], p["dropped"])
