@@ -48,9 +48,13 @@ def file_digest(path: Path) -> str:
     return h.hexdigest()
 
 
-def _split_key(src: Source, path: Path, name: str) -> str:
-    shape = [file_digest(path), src.text_column, src.seed, src.test_fraction, src.max_title_words, name]
+def _key(shape: list) -> str:
+    """A cache entry's name from everything that shapes it."""
     return hashlib.sha256(json.dumps(shape).encode()).hexdigest()[:24]
+
+
+def _split_key(src: Source, path: Path, name: str) -> str:
+    return _key([file_digest(path), src.text_column, src.seed, src.test_fraction, src.max_title_words, name])
 
 
 def _write(path: Path, write) -> None:
@@ -89,9 +93,8 @@ def cached_partition(src: Source, partition_id: int, cache_dir: Path) -> TextSpl
     path = resolve_path(src.data_path)
     if not path.is_file():  # one file per client: read directly
         return text_split(src, partition_id)
-    shape = [file_digest(path), src.client_column, src.text_column, src.num_clients, src.seed, src.test_fraction,
-             src.max_title_words, partition_id]
-    key = hashlib.sha256(json.dumps(shape).encode()).hexdigest()[:24]
+    key = _key([file_digest(path), src.client_column, src.text_column, src.num_clients, src.seed, src.test_fraction,
+                src.max_title_words, partition_id])
     return _stored_split(cache_dir / f"partition-{key}.json", lambda: text_split.__wrapped__(src, partition_id))
 
 
