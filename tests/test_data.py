@@ -450,5 +450,6 @@ def test_simulated_clients_partition_one_file_once(tmp_path):
     assert out.stdout.split() == [expected.name, str(len(expected.train)), "[]"], out.stdout
     cached_partition(Source("text", data_path=str(path), client_column="publication", num_clients=2, seed=4), 0, cache)
     path.write_text(path.read_text() + "Alpha post extra here,Alpha\n")
+    cached_partition.cache_clear()  # the next run's actors are new processes
     cached_partition(src, 0, cache)
     assert len(list(cache.glob("partition-*.json"))) == 4

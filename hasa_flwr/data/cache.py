@@ -18,6 +18,7 @@ import json
 import os
 import tempfile
 from collections.abc import Callable
+from functools import lru_cache
 from pathlib import Path
 
 import torch
@@ -86,8 +87,11 @@ def cached_split(src: Source, node_path: str, node_name: str, cache_dir: Path) -
                          lambda: text_split.__wrapped__(src, LOCAL, node_path, node_name))  # never the memo
 
 
+@lru_cache(maxsize=64)
 def cached_partition(src: Source, partition_id: int, cache_dir: Path) -> TextSplit:
-    """A simulated client's split titles; from the cache when they come from one shared file."""
+    """A simulated client's split titles; from the cache when they come from one shared file. Memoised
+    per process like ``text_split``: a warm actor answers several messages per client and run, and
+    would otherwise hash the file and parse the entry for each."""
     if src.dataset == "synthetic" or not src.client_column:  # nothing heavy to spare (or an error to raise)
         return text_split(src, partition_id)
     path = resolve_path(src.data_path)
