@@ -444,12 +444,12 @@ def run_jobs(out: Path, base: dict[str, Any], jobs: list[Job], runner: Runner, *
                 os.chmod(run_dir / "results.json", 0o644)  # the ServerApp's temp file was 0600
                 shutil.rmtree(tmp, ignore_errors=True)
                 summary = res["summary"]
+                rounds = [h["seconds"] for h in res.get("history", [])]
                 manifest["runs"][job.key] = {"status": "done", "seconds": round(seconds, 2),
-                                             "run_id": result.run_id,
-                                             "round_seconds": [round(h["seconds"], 3) for h in res.get("history", [])]}
+                                             "run_id": result.run_id, "round_seconds": [round(r, 3) for r in rounds]}
                 write_json(out / "sweep.json", manifest)
                 outcome.done.append(job.key)
-                outcome.outside[job.key] = seconds - sum(h["seconds"] for h in res.get("history", []))
+                outcome.outside[job.key] = seconds - sum(rounds)
                 say(f"{job.key}: mean {summary['mean']:.4f} worst {summary['worst']:.4f} "
                     f"tail {summary['tail']:.4f} ({seconds:.0f} s)")
             if bar is not None:
