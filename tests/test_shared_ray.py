@@ -33,3 +33,46 @@ def test_shared_ray_refuses_parallel_jobs(tmp_path, capsys):
 
     assert main(["sweep", "--app", str(ROOT), "--shared-ray", "--jobs", "2", "--out", str(tmp_path)]) != 0
     assert "--shared-ray runs one run at a time" in capsys.readouterr().err
+
+
+def test_a_sweep_stopped_with_sigterm_stops_its_ray_and_superlink(tmp_path):
+    """`kill <pid>` (or a job scheduler) stops a sweep like Ctrl-C does: Ray's daemons run in their
+    own session, so only the sweep's own clean-up can stop them."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from hasa_flwr.study.processes import descendants, kill_tree
+
+    out = tmp_path / "sweep"
+    sweep_proc = subprocess.Popen([sys.executable, "-m", "hasa_flwr.cli", "sweep", "--app", str(ROOT), "--out", str(out),
+                                   "--strategies", "uniform", "--seeds", "0", "--shared-ray", "--no-progress",
+                                   "--set", "num-server-rounds=50"], cwd=ROOT, start_new_session=True,
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    value = None
+    try:
+        deadline = time.monotonic() + 240
+        while value is None and time.monotonic() < deadline and sweep_proc.poll() is None:
+            time.sleep(1)
+            for pid in descendants(sweep_proc.pid):  # the flwr CLI of the first run carries the marker
+                try:
+                    env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+                except OSError:
+                    continue
+                found = [e.split(b"=", 1)[1].decode() for e in env if e.startswith(MARKER.encode() + b"=")]
+                if found and (out / "uniform" / "seed-0" / "flwr.log").exists():
+                    value = found[0]
+        assert value is not None, "the sweep's first run never started"
+        assert marked_pids(value)
+        os.kill(sweep_proc.pid, signal.SIGTERM)
+        _, err = sweep_proc.communicate(timeout=120)
+        assert sweep_proc.returncode == 130, err
+        assert "interrupted; re-run the same command to resume" in err
+        assert marked_pids(value) == []
+    finally:
+        kill_tree(sweep_proc.pid)
+        if value is not None:
+            from hasa_flwr.study.processes import stop_marked
+            stop_marked(value, 3.0)
