@@ -7,7 +7,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from hasa_flwr.method.allocation import RULES, Allocation, allocate, normalized_ranks
+from hasa_flwr.method.allocation import RULES, Allocation, allocate, focus_client, normalized_ranks
 from hasa_flwr.method.models import LSTMLanguageModel, WidthCNN, mac_cost
 
 BUDGET_TOL = 1e-6
@@ -292,3 +292,23 @@ def test_feasible_edges():
     b = allocate("hasa-inverse", SC, SZ, budget=ceiling, caps=caps)
     np.testing.assert_allclose(b.widths, caps, atol=1e-6)
     assert abs(b.used - ceiling) <= BUDGET_TOL
+
+
+def test_focus_widens_the_most_heterogeneous_client_with_enough_data():
+    # sizes: clients 2 and 3 are below the median (300); client 3 has the highest score but too
+    # little data, so client 1 (highest score among the rest) gets w_max before scaling
+    scores = np.array([0.02, 0.06, 0.05, 0.17, 0.04])
+    sizes = np.array([1500, 700, 100, 50, 300])
+    assert focus_client(scores, sizes) == 1
+    a = allocate("focus", scores, sizes, budget=0.5, w_min=0.2, w_max=0.8)
+    others = np.delete(a.widths, 1)
+    np.testing.assert_allclose(others, others[0], atol=1e-12)  # everyone else keeps one common width
+    shares = sizes / sizes.sum()
+    # prelim [B, ..., w_max, ...] scaled by s = B / (B (1 - p_1) + w_max p_1); nothing clips
+    s = 0.5 / (0.5 * (1 - shares[1]) + 0.8 * shares[1])
+    np.testing.assert_allclose(a.widths, np.where(np.arange(5) == 1, 0.8 * s, 0.5 * s), atol=1e-9)
+    assert a.used == pytest.approx(0.5, abs=1e-9)
+
+
+def test_focus_ties_go_to_the_lowest_client_number_and_equal_sizes_all_qualify():
+    assert focus_client(np.array([0.1, 0.3, 0.3]), np.array([10, 10, 10])) == 1

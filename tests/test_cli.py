@@ -116,3 +116,14 @@ def test_split_then_vocab_equals_the_vocabulary_round(tmp_path, capsys):
     assert len(err) == 3 and all(line.startswith("hasa: error: ") for line in err)
     assert "not empty" in err[0] and "no column 'nope'" in err[1] and "min-count 99" in err[2]
     assert not (tmp_path / "w.txt").exists() and not (tmp_path / "x").exists()
+
+
+def test_hasa_focus_defaults_to_selective_aggregation_and_the_key_overrides_it():
+    defaults = app_defaults(ROOT)
+    s = settings_from_run_config({**defaults, "strategy": "hasa-focus"})
+    assert (s.allocation, s.extraction, s.aggregation) == ("focus", "prefix", "selective")
+    assert settings_from_run_config({**defaults, "strategy": "hasa"}).aggregation == "full"
+    s = settings_from_run_config({**defaults, "strategy": "hasa-focus", "aggregation": "full"})
+    assert s.aggregation == "full"
+    with pytest.raises(ValueError, match="unknown aggregation 'mean'"):
+        settings_from_run_config({**defaults, "aggregation": "mean"})

@@ -220,3 +220,19 @@ def test_compare_adds_the_strategies_a_folder_lacks(tmp_path):
     assert summary["strategies"]["hasa"]["mean"]["mean"] == pytest.approx(0.01)
     assert summary["hasa_vs"]["hasa-oracle"]["mean"]["wins"] == 0
     assert "Runs of uniform come from" in paths["summary.md"].read_text()
+
+
+def test_a_strategy_with_its_own_aggregation_is_named_in_the_setup_not_warned_about(tmp_path):
+    make_sweep(tmp_path)
+    for k in range(5):
+        path = write_fake(tmp_path, "hasa-focus", k, [0.1] * 7)
+        res = json.loads(path.read_text())
+        res["config"]["aggregation"] = "selective"
+        path.write_text(json.dumps(res))
+    runs = load_runs(tmp_path)
+    summary = summarize_sweep(runs)
+    assert summary["setup"]["aggregation"] == "full"
+    assert summary["setup"]["aggregation_of"] == {"hasa-focus": "selective"}
+    assert not [w for w in summary.get("warnings", []) if "aggregation" in w]
+    paths = write_report(tmp_path, out=tmp_path / "out")
+    assert "aggregation `full` (hasa-focus: `selective`)." in paths["summary.md"].read_text()

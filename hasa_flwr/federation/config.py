@@ -21,16 +21,19 @@ from hasa_flwr.method.scores import SCORES
 from hasa_flwr.method.subnet import EXTRACTIONS, prefix_state
 from hasa_flwr.method.train import OPTIMIZERS
 
-# strategy -> (allocation rule, extraction); `allocation` / `extraction` keys override either axis
-STRATEGIES: dict[str, tuple[str, str]] = {
-    "uniform": ("uniform", "prefix"),
-    "hasa": ("hasa", "prefix"),
-    "hasa-inverse": ("hasa-inverse", "prefix"),
-    "hasa-random": ("hasa-random", "prefix"),
-    "heterofl": ("tiers", "prefix"),
-    "fedrolex": ("uniform", "rolling"),
-    "fedrop": ("uniform", "random"),
-    "fjord": ("uniform", "ordered"),
+# strategy -> (allocation rule, extraction, aggregation); the `allocation` / `extraction` / `aggregation`
+# keys override any axis
+STRATEGIES: dict[str, tuple[str, str, str]] = {
+    "uniform": ("uniform", "prefix", "full"),
+    "hasa": ("hasa", "prefix", "full"),
+    "hasa-inverse": ("hasa-inverse", "prefix", "full"),
+    "hasa-random": ("hasa-random", "prefix", "full"),
+    "heterofl": ("tiers", "prefix", "full"),
+    "fedrolex": ("uniform", "rolling", "full"),
+    "fedrop": ("uniform", "random", "full"),
+    "fjord": ("uniform", "ordered", "full"),
+    # spare width as one client's own units: selective, or the full average would shrink their updates
+    "hasa-focus": ("focus", "prefix", "selective"),
 }
 BUDGET_COSTS = ("width", "macs")
 MODEL_OF = {"synthetic": "lstm", "text": "lstm", "digits": "cnn", "images": "cnn"}
@@ -220,7 +223,7 @@ def positive(key: str, value: float) -> float:
 def settings_from_run_config(rc: dict[str, Any]) -> Settings:
     """Validate the run config; raise ValueError with a one-line, actionable message."""
     strategy = choose("strategy", str(rc["strategy"]), STRATEGIES)
-    rule, extraction = STRATEGIES[strategy]
+    rule, extraction, aggregation = STRATEGIES[strategy]
     num_clients = int(rc["num-clients"])
     if num_clients < 2:
         raise ValueError(f"num-clients must be at least 2, got {num_clients}")
@@ -233,7 +236,7 @@ def settings_from_run_config(rc: dict[str, Any]) -> Settings:
         strategy=strategy,
         allocation=choose("allocation", str(rc["allocation"]) or rule, RULES),
         extraction=choose("extraction", str(rc["extraction"]) or extraction, EXTRACTIONS),
-        aggregation=choose("aggregation", str(rc["aggregation"]), AGGREGATIONS),
+        aggregation=choose("aggregation", str(rc["aggregation"]) or aggregation, AGGREGATIONS),
         score=choose("score", str(rc["score"]), SCORES),
         budget=float(rc["budget"]),
         budget_cost=choose("budget-cost", str(rc["budget-cost"]), BUDGET_COSTS),

@@ -102,7 +102,7 @@ def empty_paired() -> dict[str, Any]:
 def consistency_warnings(runs: dict[str, dict[int, dict[str, Any]]]) -> list[str]:
     """Settings that should be equal across every run of a comparison but are not."""
     keys = ("dataset", "num_clients", "num_rounds", "budget", "budget_cost", "local_epochs", "batch_size", "lr",
-            "optimizer", "embed_dim", "hidden_dim", "aggregation", "score", "width_min", "width_max")
+            "optimizer", "embed_dim", "hidden_dim", "score", "width_min", "width_max")  # aggregation is a method axis
     seen: dict[str, set] = {k: set() for k in keys}
     for by_seed in runs.values():
         for res in by_seed.values():
@@ -143,6 +143,10 @@ def summarize_sweep(runs: dict[str, dict[int, dict[str, Any]]], baseline: str = 
     cfg = any_run.get("config", {})
     out["setup"] = {k: cfg.get(k) for k in ("dataset", "num_clients", "num_rounds", "budget", "budget_cost",
                                             "aggregation", "score", "width_min", "width_max")}
+    other = {name: agg for name, by_seed in runs.items()
+             if (agg := next(iter(by_seed.values())).get("config", {}).get("aggregation")) != cfg.get("aggregation")}
+    if other:  # strategies whose aggregation differs from the baseline's (hasa-focus: selective)
+        out["setup"]["aggregation_of"] = other
     for name in strategy_order(runs):
         by_seed = runs[name]
         seeds = sorted(by_seed)
@@ -194,7 +198,8 @@ def summary_markdown(summary: dict[str, Any], calibrations: list[dict[str, Any]]
              f"Data set `{setup.get('dataset')}`, {setup.get('num_clients')} clients, "
              f"{setup.get('num_rounds')} rounds, "
              f"budget B = {setup.get('budget')} ({setup.get('budget_cost')} cost), score `{setup.get('score')}`, "
-             f"aggregation `{setup.get('aggregation')}`."
+             f"aggregation `{setup.get('aggregation')}`"
+             + "".join(f" ({k}: `{v}`)" for k, v in setup.get("aggregation_of", {}).items()) + "."
              + (f" Runs of {', '.join(summary['compared_with']['strategies'])} come from "
                 f"`{summary['compared_with']['source']}`." if summary.get("compared_with") else ""), "",
              "Top-1 accuracy in % (summary.json holds fractions): mean ± t-based 95% CI over seeds. "
