@@ -235,4 +235,4 @@ def test_a_strategy_with_its_own_aggregation_is_named_in_the_setup_not_warned_ab
     assert summary["setup"]["aggregation_of"] == {"hasa-focus": "selective"}
     assert not [w for w in summary.get("warnings", []) if "aggregation" in w]
     paths = write_report(tmp_path, out=tmp_path / "out")
-    assert "aggregation `full` (hasa-focus: `selective`)." in paths["summary.md"].read_text()
+    assert "aggregation `full` (`selective`: hasa-focus)." in paths["summary.md"].read_text()

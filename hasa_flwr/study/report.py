@@ -199,7 +199,8 @@ def summary_markdown(summary: dict[str, Any], calibrations: list[dict[str, Any]]
              f"{setup.get('num_rounds')} rounds, "
              f"budget B = {setup.get('budget')} ({setup.get('budget_cost')} cost), score `{setup.get('score')}`, "
              f"aggregation `{setup.get('aggregation')}`"
-             + "".join(f" ({k}: `{v}`)" for k, v in setup.get("aggregation_of", {}).items()) + "."
+             + "".join(f" (`{agg}`: {', '.join(k for k, v in setup['aggregation_of'].items() if v == agg)})"
+                       for agg in sorted(set(setup.get("aggregation_of", {}).values()))) + "."
              + (f" Runs of {', '.join(summary['compared_with']['strategies'])} come from "
                 f"`{summary['compared_with']['source']}`." if summary.get("compared_with") else ""), "",
              "Top-1 accuracy in % (summary.json holds fractions): mean ± t-based 95% CI over seeds. "
