@@ -61,9 +61,10 @@ def test_prompt_grid_returns_what_came_before_the_timeout():
     assert time.monotonic() - start < 1.0   # the last sleep is cut to the timeout
 
 
-def test_simulation_grid_is_left_alone():
+def test_simulation_grid_keeps_its_type_and_checks_every_10_ms():
     grid = InMemoryGrid.__new__(InMemoryGrid)   # the type is what matters; no state needed
-    assert prompt(grid, 0.2) is grid
+    grid.pull_interval = 0.1                    # Flower's default
+    assert prompt(grid, 0.2) is grid and grid.pull_interval == 0.01
     assert isinstance(prompt(object.__new__(PromptGrid), 0.2), PromptGrid)
 
 
