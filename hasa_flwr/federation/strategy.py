@@ -324,7 +324,8 @@ class HasaStrategy(Strategy):
         for node, _ in self.outbox:
             if node not in got and node not in failed:
                 self.reject(server_round, node, f"no reply within the round's deadline ({self.deadline:g}s)")
-        return got
+        # client order, not arrival order (which varies with several actors or devices): sums are then exact
+        return dict(sorted(got.items(), key=lambda item: self.clients[item[0]].partition_id))
 
     def reject(self, server_round: int, node: int, reason: str) -> None:
         c = self.clients[node]
