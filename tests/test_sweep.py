@@ -64,7 +64,7 @@ def test_parse_seeds_and_strategies():
     assert parse_seeds("0,2, 5-6") == [0, 2, 5, 6]
     with pytest.raises(ValueError):
         parse_seeds("a-b")
-    assert parse_strategies(None)[0] == "uniform" and len(parse_strategies("")) == 8
+    assert parse_strategies(None)[0] == "uniform" and len(parse_strategies("")) == 9
     with pytest.raises(ValueError, match="unknown strategy 'nope'"):
         parse_strategies("uniform,nope")
 
