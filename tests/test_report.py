@@ -236,3 +236,14 @@ def test_a_strategy_with_its_own_aggregation_is_named_in_the_setup_not_warned_ab
     assert not [w for w in summary.get("warnings", []) if "aggregation" in w]
     paths = write_report(tmp_path, out=tmp_path / "out")
     assert "aggregation `full` (`selective`: hasa-focus)." in paths["summary.md"].read_text()
+
+
+def test_runs_recorded_before_user_data_are_not_a_different_data_set(tmp_path):
+    make_sweep(tmp_path)
+    for k in range(5):  # the committed Medium sweep says dataset "medium"; runs since say "text"
+        for name, dataset in (("uniform", "medium"), ("hasa", "text")):
+            path = tmp_path / name / f"seed-{k}" / "results.json"
+            res = json.loads(path.read_text())
+            res["config"]["dataset"] = dataset
+            path.write_text(json.dumps(res))
+    assert not [w for w in summarize_sweep(load_runs(tmp_path))["warnings"] if "dataset" in w]

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from hasa_flwr.federation.config import STRATEGIES
+from hasa_flwr.federation.config import STRATEGIES, upgrade_recorded
 from hasa_flwr.study.stats import describe, paired, spearman
 
 SUMMARIES = ("mean", "worst", "tail")
@@ -107,7 +107,7 @@ def consistency_warnings(runs: dict[str, dict[int, dict[str, Any]]]) -> list[str
     for by_seed in runs.values():
         for res in by_seed.values():
             for k in keys:
-                v = res.get("config", {}).get(k)
+                v = upgrade_recorded(res.get("config", {})).get(k)  # runs from before user data said "medium"
                 seen[k].add(tuple(v) if isinstance(v, list) else v)
     return [f"{k} differs across runs: {sorted(map(str, v))}" for k, v in seen.items() if len(v) > 1]
 
