@@ -452,8 +452,9 @@ def format_report(r: dict[str, Any]) -> list[str]:
             f"(plain loop: {r['plain_cpu_s_per_round']:.2f}), i.e. {busy:.3f} s of computing at the plain loop's "
             f"{r['plain_cores_used']:.2f} cores",
             f"  so {win - busy:+.3f} s per round the actor waited or was slowed: message dispatch through the "
-            f"SuperLink state and Ray, polling ({r['polling_expected_s']:.2f} s at most: Flower's 0.1 s scan to "
-            "dispatch, our 0.01 s check for the replies), and CPU taken by Flower's other processes:",
+            f"SuperLink state and Ray, polling ({r['polling_expected_s']:.2f} s at most: Flower's {VCE_SCAN_INTERVAL:g} s "
+            f"scan to dispatch, our {SIMULATION_PULL_INTERVAL:g} s check for the replies), and CPU taken by Flower's "
+            "other processes:",
             "    " + ", ".join(f"{k} {v:.2f}" for k, v in others.items() if v >= 0.005)
             + f" CPU s (total {sum(others.values()):.2f} on {r['hardware']['cpu_count']} cores)",
         ]
