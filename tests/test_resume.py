@@ -140,3 +140,7 @@ def test_resume_refuses_a_changed_config_or_a_folder_without_checkpoints(tmp_pat
     check_resumable(settings_from_run_config({**rc, "round-timeout": 60.0, "results-dir": "/x"}), recorded)
     with pytest.raises(ResumeError, match=r"differs from the checkpointed run's \(lr: 0.02 then, 0.1 now\)"):
         check_resumable(settings_from_run_config({**rc, "lr": 0.1}), recorded)
+    older = {k: v for k, v in recorded.meta["run_config"].items() if k not in ("size_unit", "score_histogram")}
+    check_resumable(settings_from_run_config(rc), Checkpoint(2, {}, {"run_config": older}))  # written before them
+    with pytest.raises(ResumeError, match=r"\(size_unit: 'samples' then, 'titles' now\)"):
+        check_resumable(settings_from_run_config({**rc, "size-unit": "titles"}), Checkpoint(2, {}, {"run_config": older}))

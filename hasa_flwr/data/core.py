@@ -40,10 +40,15 @@ class ClientData:
         """Titles (text) or images (images) in the training split: what clients are numbered by."""
         return int(self.x_train.shape[0])
 
-    def label_counts(self, num_classes: int) -> np.ndarray:
-        """Training label histogram: the statistic the jsd score needs."""
-        y = self.y_train[self.y_train != IGNORE_INDEX].numpy()
-        return np.bincount(y, minlength=num_classes).astype(np.int64)
+    def label_counts(self, num_classes: int, over: str = "targets") -> np.ndarray:
+        """Training label histogram: the statistic the jsd and entropy scores need. Text titles
+        ``over="tokens"``: every in-vocabulary word of the training titles, which is the next-word
+        targets plus each title's first word (never a target); <pad> and <unk> count in neither."""
+        y = self.y_train[self.y_train != IGNORE_INDEX]
+        if over == "tokens":
+            first = self.x_train[:, 0]
+            y = torch.cat([y, first[first > 1]])  # 0 = <pad>, 1 = <unk>
+        return np.bincount(y.numpy(), minlength=num_classes).astype(np.int64)
 
     def majority_accuracy(self) -> float:
         """Test accuracy of always predicting the most frequent training label: the floor a model must beat."""

@@ -169,7 +169,7 @@ def query_stats(msg: Message, context: Context) -> Message:
         "max-width": float(node.get("max-width", -1.0)),
     })
     if not settings.secure_stats:  # under secure-stats the histogram leaves only inside a SecAgg+ sum
-        stats["label-counts"] = [int(v) for v in data.label_counts(num_classes)]
+        stats["label-counts"] = [int(v) for v in data.label_counts(num_classes, settings.score_histogram)]
     info = ConfigRecord({"name": data.name})
     if settings.source.kind == "image":  # the server builds the CNN for this shape; the hash catches other classes
         stats["input-shape"] = [int(v) for v in input_shape(settings, data)]
@@ -194,7 +194,7 @@ def query_score(msg: Message, context: Context) -> Message:
     settings = settings_from_run_config(context.run_config)
     cfg = msg.content["config"]
     data, num_classes = client_data(settings, context, expected_vocab(cfg))
-    own = data.label_counts(num_classes)[None, :]
+    own = data.label_counts(num_classes, settings.score_histogram)[None, :]
     if str(cfg["score"]) == "jsd":
         score = jsd_to_pooled(own, np.asarray(msg.content["pooled"]["counts"], dtype=np.int64))[0]
     elif str(cfg["score"]) == "entropy":
@@ -237,7 +237,7 @@ def secure_contribution(msg: Message, context: Context) -> Message:
         vector = np.array([counts.get(w, 0) for w in candidates], dtype=np.float64)
     elif what == "labels":
         data, num_classes = client_data(settings, context, expected_vocab(cfg))
-        vector, name = data.label_counts(num_classes).astype(np.float64), data.name
+        vector, name = data.label_counts(num_classes, settings.score_histogram).astype(np.float64), data.name
     else:
         raise ValueError(f"unknown secure statistic '{what}'")
     if vector.max(initial=0.0) > scale:

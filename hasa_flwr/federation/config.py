@@ -15,7 +15,7 @@ import torch
 
 from hasa_flwr.method.aggregation import AGGREGATIONS
 from hasa_flwr.method.allocation import RULES
-from hasa_flwr.data import DATASETS, FederatedData, Source, load_federated
+from hasa_flwr.data import DATASETS, TEXT_DATASETS, FederatedData, Source, load_federated
 from hasa_flwr.method.models import build_model, full_sizes
 from hasa_flwr.method.scores import SCORES
 from hasa_flwr.method.subnet import EXTRACTIONS, prefix_state
@@ -36,6 +36,10 @@ STRATEGIES: dict[str, tuple[str, str, str]] = {
     "hasa-focus": ("focus", "prefix", "selective"),
 }
 BUDGET_COSTS = ("width", "macs")
+# Two definitions the paper leaves open (text): what the jsd/entropy histogram counts, and what n_i
+# counts in the budget's weights n_i/N. Images have one label per image, so only the defaults apply.
+HISTOGRAMS = ("targets", "tokens")   # next-word targets | every in-vocabulary word of the training titles
+SIZE_UNITS = ("samples", "titles")   # prefix samples (labelled targets) | training titles
 MODEL_OF = {"synthetic": "lstm", "text": "lstm", "digits": "cnn", "images": "cnn"}
 
 
@@ -85,6 +89,8 @@ class Settings:
     fraction_train: float = 1.0        # clients sampled per training round (seeded; the same for every strategy)
     fraction_evaluate: float = 1.0     # clients evaluating each intermediate round's model (the final covers all)
     round_deadline: float = 0.0        # seconds a round waits for replies (0: round-timeout); late ones are left out
+    score_histogram: str = "targets"   # what a client's score histogram counts (HISTOGRAMS)
+    size_unit: str = "samples"         # what n_i counts in the budget (SIZE_UNITS); aggregation weights stay samples
     reply_poll: float = 0.2            # deployment: seconds between the ServerApp's pulls for replies (Flower: 3)
     resume_from: str = ""              # a run folder with checkpoints: continue that run from its last complete round
 
@@ -111,6 +117,10 @@ class Settings:
     def fused_evaluation(self) -> bool:
         """One exchange per round: only where a train message holds the width-w prefix the metric needs."""
         return self.one_exchange and self.extraction in ("prefix", "ordered")
+
+    def budget_size(self, n_train: int, n_train_rows: int) -> int:
+        """A client's n_i in the budget's weights: its samples, or its titles under size-unit=titles."""
+        return n_train_rows if self.size_unit == "titles" else n_train
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -240,6 +250,8 @@ def settings_from_run_config(rc: dict[str, Any]) -> Settings:
         score=choose("score", str(rc["score"]), SCORES),
         budget=float(rc["budget"]),
         budget_cost=choose("budget-cost", str(rc["budget-cost"]), BUDGET_COSTS),
+        score_histogram=text_only(rc, "score-histogram", HISTOGRAMS),
+        size_unit=text_only(rc, "size-unit", SIZE_UNITS),
         width_min=float(rc["width-min"]),
         width_max=float(rc["width-max"]),
         width_caps=parse_per_client("width-cap", rc["width-cap"], num_clients, broadcast=True),
@@ -275,6 +287,15 @@ def settings_from_run_config(rc: dict[str, Any]) -> Settings:
         reply_poll=poll_interval(float(rc["reply-poll"])),
         resume_from=str(rc["resume-from"]),
     )
+
+
+def text_only(rc: dict[str, Any], key: str, choices: tuple[str, ...]) -> str:
+    """An option that reads text titles: anything but its default is refused for image data."""
+    value = choose(key, str(rc[key]), choices)
+    if value != choices[0] and str(rc["dataset"]) not in TEXT_DATASETS:
+        raise ValueError(f"{key}='{value}' counts words of text titles, but dataset '{rc['dataset']}' has one label "
+                         f"per image: use {key}='{choices[0]}'")
+    return value
 
 
 def fraction(key: str, value: float) -> float:

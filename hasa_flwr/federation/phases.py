@@ -9,7 +9,7 @@ phase can also run alone (benchmarks, the loopback tests).
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import MISSING, dataclass, fields
 from logging import WARNING
 
 import numpy as np
@@ -96,9 +96,9 @@ def allocation_round(settings: Settings, clients: list[ClientInfo], scores: np.n
     """Scores -> widths under the budget; stored on ``clients``."""
     for c in clients:  # a SuperNode's own max-width wins over the run config's list
         c.cap = c.node_cap if c.node_cap is not None else settings.width_caps[c.partition_id]
-    allocation = allocate(settings.allocation, scores, np.array([c.n_train for c in clients]),
-                          budget=settings.budget, w_min=settings.width_min, w_max=settings.width_max,
-                          caps=np.array([c.cap for c in clients]), seed=settings.seed,
+    sizes = np.array([settings.budget_size(c.n_train, c.n_train_rows) for c in clients])
+    allocation = allocate(settings.allocation, scores, sizes, budget=settings.budget, w_min=settings.width_min,
+                          w_max=settings.width_max, caps=np.array([c.cap for c in clients]), seed=settings.seed,
                           cost=mac_cost(model) if settings.budget_cost == "macs" else None)
     for c, score, rank, width in zip(clients, allocation.scores, allocation.ranks, allocation.widths):
         c.score, c.rank, c.width = float(score), float(rank), float(width)
@@ -111,7 +111,9 @@ RESUMABLE_CHANGES = ("results_dir", "data_path", "wait_seconds", "round_timeout"
 
 def check_resumable(settings: Settings, checkpoint: Checkpoint) -> None:
     """A run resumes only with the settings it was started with (ResumeError names the differences)."""
-    recorded, now = checkpoint.meta["run_config"], settings.to_dict()
+    # a setting added after the checkpoint was written counts as its default (what that run used)
+    defaults = {f.name: f.default for f in fields(Settings) if f.default is not MISSING}
+    recorded, now = {**defaults, **checkpoint.meta["run_config"]}, settings.to_dict()
     diffs = [k for k in sorted(set(recorded) | set(now)) if k not in RESUMABLE_CHANGES
              and _plain(recorded.get(k)) != _plain(now.get(k))]
     if diffs:

@@ -225,11 +225,16 @@ def secure_scores(grid: Grid, context: Context, clients: list[ClientInfo], setti
     pooled = None
     if settings.score == "jsd":
         pooled = secure_sum(grid, context, [c.node_id for c in clients], "labels",
-                            max(1, max(c.n_train for c in clients)), dict(config), settings.round_timeout)
+                            max(1, max(histogram_mass(settings, c) for c in clients)), dict(config), settings.round_timeout)
         content["pooled"] = MetricRecord({"counts": [int(v) for v in pooled.total]})
     asked = [c for c in clients if pooled is None or c.node_id in pooled.nodes]
     replies = ask(grid, {c.node_id: content for c in asked}, "query.score", settings.round_timeout)
     return {c.node_id: float(replies[c.node_id]["metrics"]["score"]) for c in asked}, pooled
+
+
+def histogram_mass(settings: Settings, client: ClientInfo) -> int:
+    """What a client's score histogram sums to, which bounds each of its counts in the secure sum."""
+    return client.n_train + (client.n_train_rows if settings.score_histogram == "tokens" else 0)
 
 
 def left_out(before: list[int], after: list[int], settings: Settings, what: str) -> list[dict[str, object]]:

@@ -78,7 +78,7 @@ def preflight(run_config: dict[str, Any]) -> Settings:
     """What the ServerApp would reject, checked locally (simulation shares this machine's files)."""
     settings = settings_from_run_config(run_config)
     fed = settings.load_data()
-    sizes = np.array([c.n_train for c in fed.clients], dtype=np.float64)
+    sizes = np.array([settings.budget_size(c.n_train, c.n_train_rows) for c in fed.clients], dtype=np.float64)
     if settings.budget_cost == "width":  # the macs check needs the model; the ServerApp does it
         check_feasible(settings.budget, sizes / sizes.sum(), np.array(settings.width_caps), settings.width_min,
                        settings.width_max, linear_cost)
