@@ -49,6 +49,8 @@ def test_runs_seed_major_and_resumes(tmp_path):
     assert json.loads((out / "lr-0.01__model-8-16" / "sweep.json").read_text())["invocations"][0]["commit"]
     again = run_grid(ROOT, grid, out, runner=runner, progress=False, command="hasa grid (test)")
     assert (len(again.done), len(again.skipped)) == (0, 16)
+    # a resume that finds everything done records no invocation (sweep.json stays the record of runs)
+    assert len(json.loads((out / "lr-0.01__model-8-16" / "sweep.json").read_text())["invocations"]) == 1
 
 
 @pytest.mark.parametrize("text, match", [

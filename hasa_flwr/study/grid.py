@@ -26,7 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hasa_flwr.study.sweep import Job, LABEL, Runner, SweepOutcome, base_config, default_runner, parse_seeds, run_jobs
+from hasa_flwr.study.sweep import (Job, LABEL, Runner, SweepOutcome, base_config, default_runner, now_utc, parse_seeds,
+                                   run_jobs)
 
 
 @dataclass(frozen=True)
@@ -118,7 +119,7 @@ def run_grid(app: Path, grid: Grid, out: Path, *, seeds: list[int] | None = None
         raise ValueError(f"unknown cell(s) in {', '.join(cells)}: the grid's cells are {known}")
     bases = {c.name: base_config(app, preset, {**grid.fixed, **c.sets}) for c in chosen}
     runner = runner or default_runner(app, None, run_timeout)
-    total = SweepOutcome()
+    total, started = SweepOutcome(), now_utc()  # one invocation in each cell's sweep.json, however many seeds
     for seed in seeds or grid.seeds:
         for cell in chosen:
             cell_jobs = [Job(arm, seed, sets) for arm, sets in grid.arms.items()]
@@ -126,7 +127,8 @@ def run_grid(app: Path, grid: Grid, out: Path, *, seeds: list[int] | None = None
                     "overrides": {**grid.fixed, **cell.sets}, "app": str(app),
                     "strategies": list(grid.arms), "seeds": [seed]}
             done = run_jobs(out / cell.name, bases[cell.name], cell_jobs, runner, federation_config=federation_config,
-                            keep_going=keep_going, progress=progress, meta=meta, command=command, parallel=jobs)
+                            keep_going=keep_going, progress=progress, meta=meta, command=command, parallel=jobs,
+                            started=started)
             total.done += done.done
             total.skipped += done.skipped
             total.failed += done.failed

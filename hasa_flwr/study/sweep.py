@@ -276,8 +276,15 @@ def write_json(path: Path, payload: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
-def update_manifest(out: Path, meta: dict[str, Any], command: str) -> dict[str, Any]:
-    """sweep.json: the first invocation's settings, every invocation's command line and hardware."""
+def now_utc() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def update_manifest(out: Path, meta: dict[str, Any], command: str, runs: bool = True,
+                    started: str | None = None) -> dict[str, Any]:
+    """sweep.json: the first invocation's settings, the command line, hardware and commit of every
+    invocation that ran something (``runs``; a resume that finds everything done adds no entry).
+    ``started`` names the invocation: a grid calls this once per seed, and records one entry."""
     path = out / "sweep.json"
     manifest = json.loads(path.read_text()) if path.is_file() else {}
     for key, value in meta.items():
@@ -289,10 +296,13 @@ def update_manifest(out: Path, meta: dict[str, Any], command: str) -> dict[str, 
             manifest.setdefault(key, value)
     manifest["command"] = command
     manifest["hardware"] = hardware()
-    manifest.setdefault("invocations", []).append(
-        {"command": command, "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-         "overrides": meta.get("overrides"), "hardware": manifest["hardware"],
-         "commit": git_commit(Path(meta["app"])) if meta.get("app") else None})
+    seen = manifest.setdefault("invocations", [])
+    again = bool(started and seen and (seen[-1]["command"], seen[-1]["started"]) == (command, started))  # next seed
+    if (runs or not seen) and not again:
+        seen.append(
+            {"command": command, "started": started or now_utc(),
+             "overrides": meta.get("overrides"), "hardware": manifest["hardware"],
+             "commit": git_commit(Path(meta["app"])) if meta.get("app") else None})
     manifest.setdefault("runs", {})
     write_json(path, manifest)
     return manifest
@@ -368,7 +378,8 @@ def job_resources(federation_config: str, num_clients: int, jobs: int) -> str:
 
 def run_jobs(out: Path, base: dict[str, Any], jobs: list[Job], runner: Runner, *, federation_config: str = "",
              keep_going: bool = False, progress: bool = True, meta: dict[str, Any] | None = None,
-             command: str | None = None, check: bool = True, parallel: int = 1) -> SweepOutcome:
+             command: str | None = None, check: bool = True, parallel: int = 1,
+             started: str | None = None) -> SweepOutcome:
     """Run every job not already finished in ``out``, ``parallel`` at a time; see the module docstring."""
     out = Path(out).absolute()
     configs = {job.key: job_config(base, job) for job in jobs}
@@ -384,7 +395,8 @@ def run_jobs(out: Path, base: dict[str, Any], jobs: list[Job], runner: Runner, *
             pending.append(job)
     if pending and check:
         preflight({**configs[pending[0].key], "results-dir": str(out)})  # data + budget, in a second
-    manifest = update_manifest(out, {**(meta or {}), "jobs": parallel}, command or command_line())
+    manifest = update_manifest(out, {**(meta or {}), "jobs": parallel}, command or command_line(), runs=bool(pending),
+                               started=started)
     lock = threading.Lock()  # the manifest, the outcome and the bar are shared by the workers
 
     bar = None
