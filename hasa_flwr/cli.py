@@ -121,6 +121,30 @@ def cmd_grid(args: argparse.Namespace) -> int:
     return 1 if outcome.failed else 0
 
 
+def cmd_allocate(args: argparse.Namespace) -> int:
+    from hasa_flwr.federation.config import settings_from_run_config
+    from hasa_flwr.study.dry_run import compare_allocations, markdown, write_allocations
+    from hasa_flwr.study.sweep import base_config, command_line, parse_seeds, parse_sets
+
+    config = base_config(Path(args.app), args.preset, parse_sets(args.set))
+    variants: dict[str, dict] = {}
+    for item in args.vary:
+        name, sep, setting = item.partition(":")
+        if not sep or not name.strip():
+            raise ValueError(f"--vary '{item}' is not NAME:KEY=VALUE, e.g. --vary tokens:score-histogram=tokens")
+        variants.setdefault(name.strip(), {}).update(parse_sets([setting]))
+    for sets in variants.values():  # every name and value is checked before the first seed
+        settings_from_run_config(base_config(Path(args.app), args.preset, {**parse_sets(args.set), **sets}))
+    result = compare_allocations(config, parse_seeds(args.seeds), variants)
+    if args.out:
+        paths = write_allocations(result, Path(args.out), command_line())
+        print(paths[1].read_text(), end="")
+        print(f"written: {paths[0]} {paths[1]}")
+    else:
+        print(markdown(result, command_line()), end="")
+    return 0
+
+
 def cmd_calibrate(args: argparse.Namespace) -> int:
     from hasa_flwr.study.report import write_calibration
     from hasa_flwr.study.sweep import calibrate, parse_seeds, parse_sets
@@ -414,6 +438,20 @@ def build_parser() -> argparse.ArgumentParser:
     gr.add_argument("--jobs", type=positive_int, default=1, metavar="N",
                     help="runs at once, each on its own Ray with 1/N of the cores (default 1)")
     gr.set_defaults(func=cmd_grid)
+
+    al = sub.add_parser("allocate", help="the widths a run config gives each client, from the query round alone "
+                        "(no training), and how much each --vary changes them",
+                        description="Runs the server's phases up to the allocation in-process (the real ClientApp on "
+                                    "a loopback federation) for each seed; prints, or writes allocate.json and "
+                                    "allocate.md to --out.")
+    al.add_argument("--preset", default=None, metavar="FILE.toml", help="run-config preset, e.g. conf/medium.toml")
+    al.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="run-config override (repeatable)")
+    al.add_argument("--vary", action="append", default=[], metavar="NAME:KEY=VALUE",
+                    help="a variant compared with the base config (repeatable; repeat a NAME to set more keys)")
+    al.add_argument("--seeds", default="0-9", help="seeds (default 0-9)")
+    al.add_argument("--out", default=None, help="folder for allocate.json and allocate.md (default: print only)")
+    al.add_argument("--app", default=".", help="the hasa-flwr app folder (default: .)")
+    al.set_defaults(func=cmd_allocate)
 
     cal = sub.add_parser("calibrate", help="score validity: uniform runs at width 1.0 and at width B, then "
                          "Spearman(score, need for width)",

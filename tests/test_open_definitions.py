@@ -3,6 +3,7 @@
 the budget (`size-unit`: prefix samples or titles). Defaults are unchanged; the phases run on a
 loopback federation with the real ClientApp (as test_secure_stats does)."""
 
+import json
 import tempfile
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from hasa_flwr.data.text import encode_split, split_titles
 from hasa_flwr.federation.config import settings_from_run_config
 from hasa_flwr.method.scores import jsd_scores
 from hasa_flwr.study.launch import app_defaults, preflight
-from hasa_flwr.study.secure_bench import statistics_phases, widths
+from hasa_flwr.study.dry_run import statistics_phases, widths
 
 K = 4
 
@@ -89,3 +90,30 @@ def test_image_data_refuses_the_text_options(key, value):
     with pytest.raises(ValueError, match=f"one label per image: use {key}="):
         settings_from_run_config(rc(dataset="digits", **{key: value}))
     assert settings_from_run_config(rc(dataset="digits")).score_histogram == "targets"
+
+
+def test_hasa_allocate_compares_variants_without_training(tmp_path, capsys):
+    from hasa_flwr.cli import main
+
+    out = tmp_path / "alloc"
+    args = ["allocate", "--app", str(ROOT), "--seeds", "0-1", "--set", f"num-clients={K}",
+            "--vary", "tokens:score-histogram=tokens", "--vary", "titles:size-unit=titles",
+            "--vary", "inverse:allocation=hasa-inverse", "--out", str(out)]
+    assert main(args) == 0
+    result = json.loads((out / "allocate.json").read_text())
+    for seed in ("0", "1"):
+        row = result["seeds"][seed]
+        config = {**rc(), "seed": int(seed)}
+        p = statistics_phases(config)
+        expected = widths(settings_from_run_config(config), p["clients"], p["scores"])
+        assert np.allclose([c["width"] for c in row["base"]], expected, atol=1e-12)
+        assert row["inverse"]["same_order"] is False and row["inverse"]["max_width_change"] > 0.1
+        n = np.array([c["n_train_rows"] for c in row["titles"]["clients"]], float)
+        assert abs((n / n.sum()) @ np.array([c["width"] for c in row["titles"]["clients"]]) - 0.5) < 1e-9
+    assert "| tokens | score-histogram=tokens |" in (out / "allocate.md").read_text()
+    capsys.readouterr()
+    assert main(["allocate", "--app", str(ROOT), "--vary", "size-unit=titles", "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "NAME:KEY=VALUE" in err and not (tmp_path / "x").exists()
+    assert main(["allocate", "--app", str(ROOT), "--vary", "a:size-unit=bytes", "--out", str(tmp_path / "x")]) == 2
+    assert "unknown size-unit 'bytes'" in capsys.readouterr().err and not (tmp_path / "x").exists()

@@ -10,7 +10,7 @@ from hasa_flwr.data import vocab_hash
 from hasa_flwr.study.launch import app_defaults
 from hasa_flwr.method.participation import round_sample
 from hasa_flwr.federation.phases import allocation_round, initial_supernet
-from hasa_flwr.study.secure_bench import statistics_phases
+from hasa_flwr.study.dry_run import statistics_phases
 from hasa_flwr.federation.strategy import FederationError, HasaStrategy
 from conftest import ROOT
 

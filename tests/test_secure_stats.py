@@ -19,7 +19,7 @@ from hasa_flwr.data.prepare import candidate_words, write_vocab
 from hasa_flwr.study.launch import app_defaults
 from hasa_flwr.federation.loopback import LoopbackGrid
 from hasa_flwr.method.scores import jsd_scores
-from hasa_flwr.study.secure_bench import loopback_nodes, statistics_phases
+from hasa_flwr.study.dry_run import loopback_nodes, statistics_phases
 from hasa_flwr.federation.secure_stats import protocol_sizes, quantization_range
 from hasa_flwr.federation.strategy import FederationError, agree_vocabulary, query_stats
 

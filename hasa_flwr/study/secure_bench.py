@@ -12,49 +12,15 @@ from __future__ import annotations
 
 import json
 import tempfile
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from flwr.app import ConfigRecord, Context, Message, RecordDict
 
-from hasa_flwr.federation.config import Settings, settings_from_run_config
+from hasa_flwr.federation.config import settings_from_run_config
 from hasa_flwr.data.prepare import write_vocab
-from hasa_flwr.federation.loopback import LoopbackGrid
-from hasa_flwr.federation.phases import allocation_round, scores_round, vocabulary_round
 from hasa_flwr.federation.results import write_json_atomic
-from hasa_flwr.federation.strategy import ClientInfo, query_stats
-
-
-def loopback_nodes(num_clients: int) -> dict[int, dict]:
-    """Node id -> node config of a simulated federation (partition ids, as `flwr run` gives them)."""
-    return {100 + i: {"partition-id": i, "num-partitions": num_clients} for i in range(num_clients)}
-
-
-def statistics_phases(run_config: dict, drop: Callable[[Message, int], bool] | None = None) -> dict[str, Any]:
-    """The phases up to the scores on a loopback federation of num-clients nodes."""
-    import client_app  # the app's own ClientApp (installed beside this package)
-
-    settings = settings_from_run_config(run_config)
-    nodes = loopback_nodes(settings.num_clients)
-    grid = LoopbackGrid(client_app.app, run_config, nodes, drop=drop)
-    context = Context(1, 1, {}, RecordDict(), run_config)
-    secure, dropped = [], []
-    start = time.perf_counter()
-    vocab, source = vocabulary_round(grid, context, sorted(nodes), settings, secure, dropped)
-    alive = [n for n in sorted(nodes) if n not in {d["node"] for d in dropped}]
-    clients, _, _ = query_stats(grid, alive, settings.num_clients, settings.dataset, settings.round_timeout, vocab,
-                                send_words=source != "file")
-    scores = scores_round(grid, context, settings, clients, None, None, ConfigRecord({}), secure, dropped)
-    return {"grid": grid, "vocab": vocab, "clients": clients, "scores": scores, "secure": secure,
-            "dropped": dropped, "seconds": time.perf_counter() - start}
-
-
-def widths(settings: Settings, clients: list[ClientInfo], scores: dict[int, float]) -> np.ndarray:
-    """The run's own allocation phase on these scores."""
-    return allocation_round(settings, clients, np.array([scores[c.node_id] for c in clients]), None).widths
+from hasa_flwr.study.dry_run import statistics_phases, widths
 
 
 def compare_seed(run_config: dict, candidates: str, workdir: Path) -> dict[str, Any]:
