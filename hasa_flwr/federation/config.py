@@ -293,8 +293,8 @@ def text_only(rc: dict[str, Any], key: str, choices: tuple[str, ...]) -> str:
     """An option that reads text titles: anything but its default is refused for image data."""
     value = choose(key, str(rc[key]), choices)
     if value != choices[0] and str(rc["dataset"]) not in TEXT_DATASETS:
-        raise ValueError(f"{key}='{value}' counts words of text titles, but dataset '{rc['dataset']}' has one label "
-                         f"per image: use {key}='{choices[0]}'")
+        raise ValueError(f"{key}='{value}' reads text titles, but dataset '{rc['dataset']}' has one label per image: "
+                         f"use {key}='{choices[0]}'")
     return value
 
 
