@@ -117,6 +117,24 @@ def test_paired_deltas_use_only_the_common_seeds(tmp_path):
     assert early["baseline"]["mean"] == pytest.approx(0.50)
 
 
+def test_pooled_pairs_every_cell_of_a_group(tmp_path):
+    summary = summarize_map(load_map(make_map(tmp_path)), rounds=[4])
+    groups = {g["cells"]: g["arms"]["hasa"]["4"] for g in summary["pooled"]}
+    assert list(groups) == ["all cells", "lr = 0.001", "lr = 0.01", "lr = 0.1", "model = small", "model = big"]
+    # all cells: A's 3 common seeds, B's 3, C's 5 (D's uniform and hasa share no seed)
+    hasa = A_HASA["mean"] + [0.6 + 0.01 * k + [0.001, -0.001, 0.0005][k] for k in range(3)] + \
+        [0.7 - 0.01 * k + C_DIFF[k] for k in range(5)]
+    uniform = A_UNIFORM["mean"][:3] + [0.6 + 0.01 * k for k in range(3)] + [0.7 - 0.01 * k for k in range(5)]
+    every = groups["all cells"]
+    assert every["n"] == 11 and every["mean"]["n"] == 11
+    assert every["mean"]["delta_pp"] == pytest.approx(100 * np.mean(np.array(hasa) - np.array(uniform)))
+    assert every["mean"]["wilcoxon_p"] == pytest.approx(sps.wilcoxon(hasa, uniform).pvalue)
+    assert groups["lr = 0.001"]["n"] == 6 and groups["model = small"]["n"] == 8
+    assert groups["lr = 0.1"]["n"] == 0 and groups["lr = 0.1"]["mean"] is None  # never started: empty
+    text = write_grid_report(tmp_path / "map", rounds=[4])["grid.md"].read_text()
+    assert "## Pooled over cells" in text and "| lr = 0.1 | - |" in text
+
+
 def test_baseline_lands_over_all_its_seeds(tmp_path):
     summary = summarize_map(load_map(make_map(tmp_path)), rounds=[2, 4])
     lands = cells_by_name(summary)[A]["baseline"]["4"]

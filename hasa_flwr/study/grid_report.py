@@ -262,6 +262,30 @@ def parse_rounds(text: str | None) -> list[int] | None:
     return rounds
 
 
+def pooled(gmap: GridMap, baseline: str, arms: list[str], rounds: list[int]) -> list[dict[str, Any]]:
+    """Arm - baseline over every (cell, seed) pair of a group of cells: all cells, then each value of
+    each axis. A cell's few seeds cannot show a pattern that many cells share; the pooled pairs can
+    (pairs of different cells are different settings on shared seeds: a direction, not one cell's test)."""
+    groups = [("all cells", gmap.cells)] if len(gmap.cells) > 1 else []
+    groups += [(f"{axis} = {value}", [c for c in gmap.cells if c.values.get(axis) == value])
+               for axis, values in gmap.axes.items() if len(values) > 1 for value in values]
+    out = []
+    for label, cells in groups:
+        entry: dict[str, Any] = {"cells": label, "arms": {}}
+        for arm in arms:
+            entry["arms"][arm] = {}
+            for r in rounds:
+                pairs = []
+                for cell in cells:
+                    a, b = _values(cell.runs.get(arm, {}), r), _values(cell.runs.get(baseline, {}), r)
+                    pairs += [(a[k], b[k]) for k in sorted(set(a) & set(b))]
+                entry["arms"][arm][str(r)] = {"n": len(pairs), **{
+                    s: ({**(p := paired([x[s] for x, _ in pairs], [y[s] for _, y in pairs])),
+                         "delta_pp": 100 * p["mean_diff"]} if pairs else None) for s in SUMMARIES}}
+        out.append(entry)
+    return out
+
+
 def summarize_map(gmap: GridMap, baseline: str = "uniform", rounds: list[int] | None = None) -> dict[str, Any]:
     """The grid.json payload."""
     if baseline not in gmap.arms:
@@ -287,7 +311,7 @@ def summarize_map(gmap: GridMap, baseline: str = "uniform", rounds: list[int] | 
             "rounds": rounds, "axes": gmap.axes,
             "screen_rule": f"|Δ mean| >= {SCREEN_DELTA_PP} pp or p < {SCREEN_P} (Wilcoxon; paired t where "
                            "Wilcoxon is undefined) at any round count, for any arm: run seeds 0-9",
-            "cells": cells}
+            "cells": cells, "pooled": pooled(gmap, baseline, arms, rounds)}
 
 
 # ----------------------------------------------------------------------------- layout
@@ -357,6 +381,7 @@ def map_markdown(summary: dict[str, Any]) -> str:
              "undefined) and the number of paired seeds; '-': no common seed yet. grid.json holds every number "
              "(and wins, t-test p).", ""]
     lines += screen_markdown(summary)
+    lines += pooled_markdown(summary)
     lines += ["", f"## Where `{base}` lands", "", "mean / worst / tail client accuracy in %, mean over its seeds:"]
     for r in rounds:
         lines += ["", f"Round {r}:", ""]
@@ -370,6 +395,28 @@ def map_markdown(summary: dict[str, Any]) -> str:
                                             lambda c, r=r, m=metric, a=arm: delta_text(c["arms"][a][str(r)], m)))
     lines += ["", "Heat maps: " + ", ".join(f"grid_{a}.png" for a in summary["arms"]) + "."]
     return "\n".join(lines) + "\n"
+
+
+def pooled_markdown(summary: dict[str, Any]) -> list[str]:
+    if not summary["pooled"]:
+        return []
+    base, rounds = summary["baseline"], summary["rounds"]
+    lines = ["", "## Pooled over cells", "",
+             f"Arm − {base} over every (cell, seed) pair of the cells named: Δ in percentage points, two-sided "
+             "Wilcoxon p, pairs where the arm is higher / pairs. Pairs of different cells are different settings "
+             "on shared seeds: a direction across the map, not a test of any one cell."]
+    for arm in summary["arms"]:
+        for metric in SUMMARIES:
+            lines += ["", f"`{arm}`, Δ {metric}:", "", "| cells | " + " | ".join(f"round {r}" for r in rounds) + " |",
+                      "|---|" + "---:|" * len(rounds)]
+            for g in summary["pooled"]:
+                cells = []
+                for r in rounds:
+                    st = g["arms"][arm][str(r)][metric]
+                    cells.append("-" if st is None else
+                                 f"{st['delta_pp']:+.2f} (p {pval(screen_p(st))}, {st['wins']}/{st['n']})")
+                lines.append(f"| {g['cells']} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def screen_markdown(summary: dict[str, Any]) -> list[str]:
