@@ -279,11 +279,16 @@ def pooled(gmap: GridMap, baseline: str, arms: list[str], rounds: list[int]) -> 
                 for cell in cells:
                     a, b = _values(cell.runs.get(arm, {}), r), _values(cell.runs.get(baseline, {}), r)
                     pairs += [(a[k], b[k]) for k in sorted(set(a) & set(b))]
-                entry["arms"][arm][str(r)] = {"n": len(pairs), **{
-                    s: ({**(p := paired([x[s] for x, _ in pairs], [y[s] for _, y in pairs])),
-                         "delta_pp": 100 * p["mean_diff"]} if pairs else None) for s in SUMMARIES}}
+                entry["arms"][arm][str(r)] = {"n": len(pairs), **{s: _pooled_stat(pairs, s) for s in SUMMARIES}}
         out.append(entry)
     return out
+
+
+def _pooled_stat(pairs: list[tuple[dict[str, float], dict[str, float]]], summary: str) -> dict[str, Any] | None:
+    if not pairs:
+        return None
+    p = paired([a[summary] for a, _ in pairs], [b[summary] for _, b in pairs])
+    return {**p, "delta_pp": 100 * p["mean_diff"]}
 
 
 def summarize_map(gmap: GridMap, baseline: str = "uniform", rounds: list[int] | None = None) -> dict[str, Any]:
