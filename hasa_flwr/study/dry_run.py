@@ -94,7 +94,7 @@ def markdown(result: dict[str, Any], command: str) -> str:
                      f"{np.mean(moves):.4f} | {max(moves):.4f} |")
     first = next(iter(seeds))
     lines += ["", f"Seed {first}, width per client (base, then each variant):", "",
-              "| client | n_train | titles | base | " + " | ".join(result["variants"]) + " |",
+              "| client | n_train | rows (titles or images) | base | " + " | ".join(result["variants"]) + " |",
               "|---|---:|---:|---:|" + "---:|" * len(result["variants"])]
     for i, c in enumerate(seeds[first]["base"]):
         others = " | ".join(f"{seeds[first][v]['clients'][i]['width']:.3f}" for v in result["variants"])
