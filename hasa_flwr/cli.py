@@ -122,7 +122,6 @@ def cmd_grid(args: argparse.Namespace) -> int:
 
 
 def cmd_allocate(args: argparse.Namespace) -> int:
-    from hasa_flwr.federation.config import settings_from_run_config
     from hasa_flwr.study.dry_run import compare_allocations, markdown, write_allocations
     from hasa_flwr.study.sweep import base_config, command_line, parse_seeds, parse_sets
 
@@ -133,8 +132,6 @@ def cmd_allocate(args: argparse.Namespace) -> int:
         if not sep or not name.strip():
             raise ValueError(f"--vary '{item}' is not NAME:KEY=VALUE, e.g. --vary tokens:score-histogram=tokens")
         variants.setdefault(name.strip(), {}).update(parse_sets([setting]))
-    for sets in variants.values():  # every name and value is checked before the first seed
-        settings_from_run_config(base_config(Path(args.app), args.preset, {**parse_sets(args.set), **sets}))
     result = compare_allocations(config, parse_seeds(args.seeds), variants)
     if args.out:
         paths = write_allocations(result, Path(args.out), command_line())

@@ -23,6 +23,7 @@ from hasa_flwr.federation.loopback import LoopbackGrid
 from hasa_flwr.federation.phases import allocation_round, scores_round, vocabulary_round
 from hasa_flwr.federation.results import write_json_atomic
 from hasa_flwr.federation.strategy import ClientInfo, query_stats
+from hasa_flwr.study.launch import merge_config
 
 
 def loopback_nodes(num_clients: int) -> dict[int, dict]:
@@ -66,12 +67,15 @@ def allocation(run_config: dict) -> list[dict[str, Any]]:
 def compare_allocations(run_config: dict, seeds: list[int], variants: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """Per seed, the base config's allocation and each variant's (base + its run-config values): do
     the clients keep their score order, and how far does each width move?"""
+    configs = {name: merge_config(run_config, sets) for name, sets in variants.items()}
+    for config in configs.values():  # every name and value is checked before the first seed
+        settings_from_run_config(config)
     out: dict[str, Any] = {"variants": variants, "seeds": {}}
     for seed in seeds:
         base = allocation({**run_config, "seed": seed})
         row: dict[str, Any] = {"base": base}
-        for name, sets in variants.items():
-            other = allocation({**run_config, **sets, "seed": seed})
+        for name, config in configs.items():
+            other = allocation({**config, "seed": seed})
             row[name] = {"clients": other,
                          "same_order": [c["rank"] for c in other] == [c["rank"] for c in base],
                          "max_width_change": max(abs(a["width"] - b["width"]) for a, b in zip(base, other))}
