@@ -120,7 +120,7 @@ def test_random_selection_covers_units_over_clients():
 def test_unknown_extraction():
     with pytest.raises(ValueError, match="unknown extraction"):
         select_units("strided", 0.5, SIZES)
-    assert set(EXTRACTIONS) == {"prefix", "rolling", "random", "ordered"}
+    assert set(EXTRACTIONS) == {"prefix", "rolling", "random", "ordered", "own"}
 
 
 # ----------------------------------------------------------------------------- positions, gather, extract

@@ -293,7 +293,7 @@ def test_metrics(model: torch.nn.Module, data: ClientData, device: torch.device 
 def evaluate_subnet(msg: Message, context: Context) -> Message:
     settings, data, num_classes = _data_for(msg, context)
     cfg = msg.content["config"]
-    shape = input_shape(settings, data)  # the server sent only this client's width-w prefix
+    shape = input_shape(settings, data)  # the server sent only this client's width-w subnet
     device = compute_device(context)
     metrics = test_metrics(load_model(settings, num_classes, msg.content["arrays"], float(cfg["width"]), shape), data,
                            device)

@@ -34,6 +34,8 @@ STRATEGIES: dict[str, tuple[str, str, str]] = {
     "fjord": ("uniform", "ordered", "full"),
     # spare width as one client's own units: selective, or the full average would shrink their updates
     "hasa-focus": ("focus", "prefix", "selective"),
+    # mid-sized clients widened, each with units of its own (extraction own), trained by it alone
+    "midsize": ("midsize", "own", "selective"),
 }
 BUDGET_COSTS = ("width", "macs")
 # Two definitions the paper leaves open (text): what the jsd/entropy histogram counts, and what n_i
@@ -115,8 +117,9 @@ class Settings:
 
     @property
     def fused_evaluation(self) -> bool:
-        """One exchange per round: only where a train message holds the width-w prefix the metric needs."""
-        return self.one_exchange and self.extraction in ("prefix", "ordered")
+        """One exchange per round: only where a train message holds the units the metric needs (the
+        client's deployed subnet: its prefix, or its own units under `own`)."""
+        return self.one_exchange and self.extraction in ("prefix", "ordered", "own")
 
     def budget_size(self, n_train: int, n_train_rows: int) -> int:
         """A client's n_i in the budget's weights: its samples, or its titles under size-unit=titles."""

@@ -29,7 +29,7 @@ from hasa_flwr.method.scores import scores_from_counts
 from hasa_flwr.federation.secure_stats import SecureSum, left_out, secure_scores, secure_vocabulary
 from hasa_flwr.federation.strategy import (ClientInfo, FederationError, agree_vocabulary, deliver_subnets, query_losses,
                                           query_stats)
-from hasa_flwr.method.subnet import prefix_state
+from hasa_flwr.method.subnet import deployed_units, extract
 
 
 def initial_supernet(settings: Settings, num_classes: int, input_shape, vocab) -> torch.nn.Module:
@@ -46,7 +46,8 @@ def delivery_round(grid: Grid, settings: Settings, clients: list[ClientInfo], fi
     machine, and the subnets are already under the run folder's clients/."""
     if isinstance(grid, InMemoryGrid):
         return None
-    subnets = {c.node_id: (ArrayRecord(prefix_state(final, model.slicing_spec(), settings.sizes, c.width)),
+    units = deployed_units(settings.extraction, {c.partition_id: c.width for c in clients}, settings.sizes)
+    subnets = {c.node_id: (ArrayRecord(extract(final, model.slicing_spec(), units[c.partition_id], settings.sizes)),
                            json.dumps(meta_for(settings, num_classes=num_classes, input_shape=input_shape, vocab=vocab,
                                                clients=roster, run_id=run_id, width=c.width, client=c.name)))
                for c in clients}
@@ -99,7 +100,7 @@ def allocation_round(settings: Settings, clients: list[ClientInfo], scores: np.n
     sizes = np.array([settings.budget_size(c.n_train, c.n_train_rows) for c in clients])
     allocation = allocate(settings.allocation, scores, sizes, budget=settings.budget, w_min=settings.width_min,
                           w_max=settings.width_max, caps=np.array([c.cap for c in clients]), seed=settings.seed,
-                          cost=mac_cost(model) if settings.budget_cost == "macs" else None)
+                          cost=mac_cost(model) if settings.budget_cost == "macs" else None, supernet=settings.sizes)
     for c, score, rank, width in zip(clients, allocation.scores, allocation.ranks, allocation.widths):
         c.score, c.rank, c.width = float(score), float(rank), float(width)
     return allocation

@@ -1,8 +1,8 @@
 """What a run leaves besides results.json: the trained supernet and every client's own subnet.
 
 Both in the saved-model format of model_files.py: ``<run-dir>/model/`` (the supernet) and
-``<run-dir>/clients/<name>/`` (each client's width-w_i prefix, sliced from the final supernet:
-the model it trained and would deploy). ``init-from`` starts a run from a saved supernet.
+``<run-dir>/clients/<name>/`` (each client's width-w_i subnet, sliced from the final supernet:
+the model it trained and would deploy; its prefix, or its own units under extraction ``own``). ``init-from`` starts a run from a saved supernet.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import torch
 
 from hasa_flwr.federation.config import Settings
 from hasa_flwr.method.model_files import SavedModel, client_folder_name, load_model, model_meta, save_model
-from hasa_flwr.method.subnet import Spec, prefix_state
+from hasa_flwr.method.subnet import Spec, deployed_units, extract
 
 CLIENTS = "clients"
 
@@ -41,9 +41,10 @@ def save_run_models(run_dir: Path, settings: Settings, state: dict[str, torch.Te
     common = {"num_classes": num_classes, "input_shape": input_shape, "vocab": vocab, "clients": clients,
               "run_id": run_id}
     folder = save_model(run_dir / "model", state, meta_for(settings, **common))
+    units = deployed_units(settings.extraction, {c["partition_id"]: c["width"] for c in clients}, settings.sizes)
     for c in clients:
         save_model(run_dir / CLIENTS / client_folder_name(c["name"]),
-                   prefix_state(state, spec, settings.sizes, c["width"]),
+                   extract(state, spec, units[c["partition_id"]], settings.sizes),
                    meta_for(settings, **common, width=c["width"], client=c["name"]))
     return folder
 

@@ -27,7 +27,7 @@ from hasa_flwr.data.files import resolve_path
 from hasa_flwr.data.text import build_vocab
 from hasa_flwr.method.metrics import summarize
 from hasa_flwr.method.participation import round_sample
-from hasa_flwr.method.subnet import Indices, Spec, extract, hash_seed, prefix_state, select_units
+from hasa_flwr.method.subnet import Indices, Spec, deployed_units, extract, hash_seed, prefix_state, select_units
 
 
 class FederationError(RuntimeError):
@@ -255,6 +255,8 @@ class HasaStrategy(Strategy):
         self.offset = 0  # rounds done before this start() (a resumed run): Flower counts from 1 again
         self._server_seconds: dict[int, float] = {}  # slicing + checking + aggregation, per round
         self._bytes: dict[int, int] = {}             # model arrays sent and received, per round
+        # what each client is evaluated on (and deploys); under `own` also what it trains every round
+        self.deployed = deployed_units(extraction, {c.partition_id: c.width for c in clients}, sizes)
 
     def summary(self) -> None:
         log(INFO, "\t├──> HASA: extraction=%s aggregation=%s", self.extraction, self.aggregation)
@@ -286,8 +288,8 @@ class HasaStrategy(Strategy):
         self.state = arrays.to_torch_state_dict()
         messages = []
         for node, c in self.sampled(server_round, self.fraction_train, stream=0).items():
-            idx = select_units(self.extraction, c.width, self.sizes, server_round=server_round, seed=self.seed,
-                               client=c.partition_id)
+            idx = self.deployed[c.partition_id] if self.extraction == "own" else select_units(
+                self.extraction, c.width, self.sizes, server_round=server_round, seed=self.seed, client=c.partition_id)
             self.sent[node] = idx
             cfg = ConfigRecord({**dict(config), "server-round": server_round, "width": c.width,
                                 "evaluate-first": self.fused and server_round > 1,
@@ -374,7 +376,7 @@ class HasaStrategy(Strategy):
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                            grid: Grid) -> Iterable[Message]:
-        """Each client gets only its own width-w_i prefix (what it would deploy); after the last round
+        """Each client gets only its own width-w_i subnet (what it would deploy); after the last round
         also the full supernet, but only a client whose cap allows width 1 (no device builds a model
         above its cap)."""
         server_round += self.offset
@@ -387,7 +389,7 @@ class HasaStrategy(Strategy):
         self.outbox = []
         evaluating = self.clients if final else self.sampled(server_round, self.fraction_evaluate, stream=1)
         for node, c in evaluating.items():
-            content = {"arrays": ArrayRecord(prefix_state(state, self.spec, self.sizes, c.width))}
+            content = {"arrays": ArrayRecord(extract(state, self.spec, self.deployed[c.partition_id], self.sizes))}
             full = final and full_width_allowed(c)
             if full:
                 content["full"] = arrays

@@ -12,8 +12,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from hasa_flwr.method.scores import random_scores
+from hasa_flwr.method.subnet import own_fits
 
-RULES = ("hasa", "hasa-inverse", "hasa-random", "uniform", "tiers", "focus")
+RULES = ("hasa", "hasa-inverse", "hasa-random", "uniform", "tiers", "focus", "midsize")
 TOLERANCE = 1e-9
 MAX_PASSES = 100
 
@@ -111,15 +112,48 @@ def focus_client(scores: np.ndarray, sizes: np.ndarray) -> int:
     return int(candidates[np.argmax(scores[candidates])])  # argmax: the lowest client number on ties
 
 
+def midsize_clients(sizes: np.ndarray) -> np.ndarray:
+    """The clients ``midsize`` widens: at least the median number of training samples (enough to
+    train units of their own) and less than an equal share 1/M of all samples (too little to shape
+    the shared units, which size-weighted averaging fits to the largest clients)."""
+    return np.flatnonzero((sizes >= np.median(sizes)) & (sizes / sizes.sum() < 1.0 / len(sizes)))
+
+
+def midsize_widths(sizes: np.ndarray, shares: np.ndarray, budget: float, w_min: float, w_max: float,
+                   caps: np.ndarray, cost: Callable[[np.ndarray], np.ndarray] | None,
+                   supernet: dict[str, int] | None) -> tuple[np.ndarray, int]:
+    """Widths and passes of ``midsize``: preliminary width w for ``midsize_clients`` and B for the
+    others, then scale-and-project. w is the largest in [B, w_max] whose projected widths still give
+    every widened client a block of its own (extraction ``own``) in ``supernet`` (w_max if None)."""
+    chosen = midsize_clients(sizes)
+
+    def project(w: float) -> tuple[np.ndarray, int]:
+        prelim = np.full(len(sizes), budget)
+        prelim[chosen] = w
+        return scale_and_project(prelim, shares, budget, w_min, caps, cost)
+
+    if supernet is None or own_fits(list(project(w_max)[0]), supernet):
+        return project(w_max)
+    low, high = budget, w_max  # low fits (every width B), high does not; more width needs more units
+    for _ in range(50):
+        mid = (low + high) / 2
+        low, high = (mid, high) if own_fits(list(project(mid)[0]), supernet) else (low, mid)
+    return project(low)
+
+
 def allocate(rule: str, scores: np.ndarray, sizes: np.ndarray, *, budget: float = 0.5, w_min: float = 0.2,
              w_max: float = 0.8, caps: np.ndarray | None = None, seed: int = 0,
-             cost: Callable[[np.ndarray], np.ndarray] | None = None) -> Allocation:
+             cost: Callable[[np.ndarray], np.ndarray] | None = None,
+             supernet: dict[str, int] | None = None) -> Allocation:
     """Widths for M clients under sum_i (n_i/N) cost(w_i) = cost(budget) (cost(w) = w by default).
 
     hasa: wider subnets for higher scores. hasa-inverse: narrower (directionality ablation).
     hasa-random: HASA on seeded random scores. uniform: every client B. tiers: widths proportional
     to the device caps (HeteroFL-style deployments). focus: every client B but ``focus_client``,
     which gets w_max (meant with selective aggregation, so its extra units are trained by it alone).
+    midsize: every client B but ``midsize_clients``, which get the widest width their own blocks fit
+    (meant with extraction ``own`` and selective aggregation). ``supernet``: the model's scalable
+    dimensions (name -> full size), which only midsize needs.
     """
     if rule not in RULES:
         raise ValueError(f"unknown allocation '{rule}': choose one of {', '.join(RULES)}")
@@ -151,7 +185,10 @@ def allocate(rule: str, scores: np.ndarray, sizes: np.ndarray, *, budget: float 
         prelim[focus_client(scores, sizes)] = w_max
     else:
         prelim = np.full(m, budget)
-    widths, passes = scale_and_project(prelim, shares, budget, w_min, caps, cost)
+    if rule == "midsize":
+        widths, passes = midsize_widths(sizes, shares, budget, w_min, w_max, caps, cost, supernet)
+    else:
+        widths, passes = scale_and_project(prelim, shares, budget, w_min, caps, cost)
     cost = cost or linear_cost
     return Allocation(widths=widths, used=float(shares @ widths), cost_used=float(shares @ cost(widths)),
                       cost_target=float(cost(np.array([budget]))[0]), passes=passes, ranks=ranks, scores=scores)

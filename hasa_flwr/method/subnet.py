@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-EXTRACTIONS = ("prefix", "rolling", "random", "ordered")
+EXTRACTIONS = ("prefix", "rolling", "random", "ordered", "own")
 
 
 @dataclass(frozen=True)
@@ -58,7 +58,10 @@ def select_units(
     ``prefix`` and ``ordered`` take units [0, k) (HeteroFL, HASA, FjORD); ``rolling`` takes
     ``(arange(k) + round) mod K`` (FedRolex); ``random`` takes a k-subset drawn from a generator
     seeded by (seed, round, client, dimension) (Federated Dropout), so runs are reproducible.
+    ``own`` depends on every client's width at once: see ``own_units``.
     """
+    if extraction == "own":
+        raise ValueError("extraction 'own' gives every client units that depend on all widths: use own_units")
     if extraction not in EXTRACTIONS:
         raise ValueError(f"unknown extraction '{extraction}': choose one of {', '.join(EXTRACTIONS)}")
     out: Indices = {}
@@ -73,6 +76,47 @@ def select_units(
             idx = torch.arange(k)
         out[dim] = idx
     return out
+
+
+def own_units(widths: dict[int, float], sizes: dict[str, int]) -> dict[int, Indices]:
+    """``own``: every client trains the narrowest client's prefix, which all share, plus a block of
+    its own beyond it (blocks packed in client-number order), so under selective aggregation a wider
+    client's extra units are trained by it alone. Prefix slicing gives that private capacity to the
+    widest client only: every wider client shares the second-widest's units.
+
+    ``widths``: client number -> width. A client's units are ``num_units(width)`` as under prefix,
+    so its model is the same width-w model; ValueError if the blocks do not fit the supernet."""
+    out: dict[int, Indices] = {pid: {} for pid in widths}
+    for dim, size in sorted(sizes.items()):
+        ks = {pid: num_units(w, size) for pid, w in widths.items()}
+        shared = min(ks.values())
+        needed = shared + sum(k - shared for k in ks.values())
+        if needed > size:
+            raise ValueError(f"extraction 'own' needs {needed} units of {dim} (the shared prefix plus every client's "
+                             f"own block) but the supernet has {size}: lower width-max or the budget, or use "
+                             "extraction 'prefix'")
+        start = shared
+        for pid in sorted(ks):
+            out[pid][dim] = torch.cat([torch.arange(shared), torch.arange(start, start + ks[pid] - shared)])
+            start += ks[pid] - shared
+    return out
+
+
+def own_fits(widths: list[float], sizes: dict[str, int]) -> bool:
+    """Whether ``own_units`` can give these widths disjoint blocks in every scalable dimension."""
+    for size in sizes.values():
+        ks = [num_units(w, size) for w in widths]
+        if min(ks) + sum(k - min(ks) for k in ks) > size:
+            return False
+    return True
+
+
+def deployed_units(extraction: str, widths: dict[int, float], sizes: dict[str, int]) -> dict[int, Indices]:
+    """The units each client is evaluated on and deploys: its own units under ``own``, otherwise its
+    width-w prefix (for rolling and random extraction too: the HeteroFL convention)."""
+    if extraction == "own":
+        return own_units(widths, sizes)
+    return {pid: select_units("prefix", w, sizes) for pid, w in widths.items()}
 
 
 def hash_seed(*parts: int) -> int:

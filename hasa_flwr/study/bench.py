@@ -195,7 +195,7 @@ def plain_loop(settings, widths: list[float], *, num_threads: int) -> PlainTimes
     import torch
 
     from hasa_flwr.method.aggregation import Update, aggregate, check_update
-    from hasa_flwr.method.subnet import extract, hash_seed, select_units
+    from hasa_flwr.method.subnet import deployed_units, extract, hash_seed, select_units
     from hasa_flwr.method.train import OrderedDropout, evaluate, train
 
     torch.set_num_threads(num_threads)
@@ -210,6 +210,7 @@ def plain_loop(settings, widths: list[float], *, num_threads: int) -> PlainTimes
         m.load_state_dict(params)
         return m
 
+    deployed = deployed_units(settings.extraction, dict(enumerate(widths)), sizes)
     out = PlainTimes()
     for rnd in range(1, settings.num_rounds + 1):
         t_round, c_round = time.perf_counter(), time.process_time()
@@ -217,7 +218,8 @@ def plain_loop(settings, widths: list[float], *, num_threads: int) -> PlainTimes
         updates = []
         for pid, (client, width) in enumerate(zip(fed.clients, widths)):
             t0 = time.perf_counter()
-            idx = select_units(settings.extraction, width, sizes, server_round=rnd, seed=settings.seed, client=pid)
+            idx = deployed[pid] if settings.extraction == "own" else select_units(
+                settings.extraction, width, sizes, server_round=rnd, seed=settings.seed, client=pid)
             sub = extract(state, spec, idx, sizes)
             t1 = time.perf_counter()
             local = sub_model(width, sub)
@@ -240,9 +242,10 @@ def plain_loop(settings, widths: list[float], *, num_threads: int) -> PlainTimes
         t0 = time.perf_counter()
         final = rnd == settings.num_rounds
         accs = []
-        for client, width in zip(fed.clients, widths):
-            prefix = settings.prefix_of(sub_model(1.0, state), fed.num_classes, width)  # as client.prefix_model
-            accs.append(evaluate(prefix, client.x_test, client.y_test)["accuracy"])
+        for pid, (client, width) in enumerate(zip(fed.clients, widths)):
+            mine = settings.prefix_of(sub_model(1.0, state), fed.num_classes, width) if settings.extraction != "own" \
+                else sub_model(width, extract(state, spec, deployed[pid], sizes))  # as the client's evaluation
+            accs.append(evaluate(mine, client.x_test, client.y_test)["accuracy"])
             if final:
                 evaluate(sub_model(1.0, state), client.x_test, client.y_test)
         t_eval = time.perf_counter() - t0
