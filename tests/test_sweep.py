@@ -8,7 +8,7 @@ import pytest
 from conftest import ROOT
 
 from hasa_flwr.cli import main
-from hasa_flwr.federation.config import settings_from_run_config
+from hasa_flwr.federation.config import STRATEGIES, settings_from_run_config
 from hasa_flwr.study.launch import RunOutcome
 from hasa_flwr.method.metrics import summarize
 from hasa_flwr.study.report import write_report
@@ -64,7 +64,7 @@ def test_parse_seeds_and_strategies():
     assert parse_seeds("0,2, 5-6") == [0, 2, 5, 6]
     with pytest.raises(ValueError):
         parse_seeds("a-b")
-    assert parse_strategies(None)[0] == "uniform" and len(parse_strategies("")) == 9
+    assert parse_strategies(None)[0] == "uniform" and len(parse_strategies("")) == len(STRATEGIES) == 10
     with pytest.raises(ValueError, match="unknown strategy 'nope'"):
         parse_strategies("uniform,nope")
 
