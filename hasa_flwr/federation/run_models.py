@@ -2,7 +2,8 @@
 
 Both in the saved-model format of model_files.py: ``<run-dir>/model/`` (the supernet) and
 ``<run-dir>/clients/<name>/`` (each client's width-w_i subnet, sliced from the final supernet:
-the model it trained and would deploy; its prefix, or its own units under extraction ``own``). ``init-from`` starts a run from a saved supernet.
+the model it trained and would deploy; its prefix, or its own units under extraction ``own``).
+``init-from`` starts a run from a saved supernet.
 """
 
 from __future__ import annotations

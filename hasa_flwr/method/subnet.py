@@ -89,8 +89,7 @@ def own_units(widths: dict[int, float], sizes: dict[str, int]) -> dict[int, Indi
     out: dict[int, Indices] = {pid: {} for pid in widths}
     for dim, size in sorted(sizes.items()):
         ks = {pid: num_units(w, size) for pid, w in widths.items()}
-        shared = min(ks.values())
-        needed = shared + sum(k - shared for k in ks.values())
+        shared, needed = min(ks.values()), own_needed(list(ks.values()))
         if needed > size:
             raise ValueError(f"extraction 'own' needs {needed} units of {dim} (the shared prefix plus every client's "
                              f"own block) but the supernet has {size}: lower width-max or the budget, or use "
@@ -102,13 +101,14 @@ def own_units(widths: dict[int, float], sizes: dict[str, int]) -> dict[int, Indi
     return out
 
 
+def own_needed(ks: list[int]) -> int:
+    """Units ``own`` occupies for these unit counts: the shared prefix plus every client's block."""
+    return min(ks) + sum(k - min(ks) for k in ks)
+
+
 def own_fits(widths: list[float], sizes: dict[str, int]) -> bool:
     """Whether ``own_units`` can give these widths disjoint blocks in every scalable dimension."""
-    for size in sizes.values():
-        ks = [num_units(w, size) for w in widths]
-        if min(ks) + sum(k - min(ks) for k in ks) > size:
-            return False
-    return True
+    return all(own_needed([num_units(w, size) for w in widths]) <= size for size in sizes.values())
 
 
 def deployed_units(extraction: str, widths: dict[int, float], sizes: dict[str, int]) -> dict[int, Indices]:
