@@ -106,7 +106,7 @@ def focus_client(scores: np.ndarray, sizes: np.ndarray) -> int:
     With prefix slicing only the widest client trains the units beyond the second-widest, so spare
     width becomes one client's own capacity. A client needs data to train it: on Medium the small
     clients HASA widens lose accuracy at width 0.8, while the mid-sized, divergent UX Collective gains
-    (benchmarks/focus/dev; README "A rule that earns its budget").
+    (benchmarks/focus/dev; README "Rules that earn their budget").
     """
     candidates = np.flatnonzero(sizes >= np.median(sizes))
     return int(candidates[np.argmax(scores[candidates])])  # argmax: the lowest client number on ties
