@@ -27,7 +27,7 @@ from hasa_flwr.data.files import resolve_path
 from hasa_flwr.data.text import build_vocab
 from hasa_flwr.method.metrics import summarize
 from hasa_flwr.method.participation import round_sample
-from hasa_flwr.method.subnet import Indices, Spec, deployed_units, extract, hash_seed, prefix_state, select_units
+from hasa_flwr.method.subnet import Indices, Spec, deployed_units, extract, hash_seed, prefix_state, trained_units
 
 
 class FederationError(RuntimeError):
@@ -288,8 +288,8 @@ class HasaStrategy(Strategy):
         self.state = arrays.to_torch_state_dict()
         messages = []
         for node, c in self.sampled(server_round, self.fraction_train, stream=0).items():
-            idx = self.deployed[c.partition_id] if self.extraction == "own" else select_units(
-                self.extraction, c.width, self.sizes, server_round=server_round, seed=self.seed, client=c.partition_id)
+            idx = trained_units(self.extraction, self.deployed, c.partition_id, c.width, self.sizes,
+                                server_round=server_round, seed=self.seed)
             self.sent[node] = idx
             cfg = ConfigRecord({**dict(config), "server-round": server_round, "width": c.width,
                                 "evaluate-first": self.fused and server_round > 1,

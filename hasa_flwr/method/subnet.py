@@ -119,6 +119,15 @@ def deployed_units(extraction: str, widths: dict[int, float], sizes: dict[str, i
     return {pid: select_units("prefix", w, sizes) for pid, w in widths.items()}
 
 
+def trained_units(extraction: str, deployed: dict[int, Indices], client: int, width: float, sizes: dict[str, int], *,
+                  server_round: int, seed: int) -> Indices:
+    """The units a client trains in one round: its fixed own units under ``own`` (``deployed``, from
+    ``deployed_units``), otherwise ``select_units``."""
+    if extraction == "own":
+        return deployed[client]
+    return select_units(extraction, width, sizes, server_round=server_round, seed=seed, client=client)
+
+
 def hash_seed(*parts: int) -> int:
     """A deterministic 63-bit seed from integers (Python's hash() is salted for str only)."""
     h = 1469598103934665603

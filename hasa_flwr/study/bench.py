@@ -195,7 +195,7 @@ def plain_loop(settings, widths: list[float], *, num_threads: int) -> PlainTimes
     import torch
 
     from hasa_flwr.method.aggregation import Update, aggregate, check_update
-    from hasa_flwr.method.subnet import deployed_units, extract, hash_seed, select_units
+    from hasa_flwr.method.subnet import deployed_units, extract, hash_seed, trained_units
     from hasa_flwr.method.train import OrderedDropout, evaluate, train
 
     torch.set_num_threads(num_threads)
@@ -218,8 +218,7 @@ def plain_loop(settings, widths: list[float], *, num_threads: int) -> PlainTimes
         updates = []
         for pid, (client, width) in enumerate(zip(fed.clients, widths)):
             t0 = time.perf_counter()
-            idx = deployed[pid] if settings.extraction == "own" else select_units(
-                settings.extraction, width, sizes, server_round=rnd, seed=settings.seed, client=pid)
+            idx = trained_units(settings.extraction, deployed, pid, width, sizes, server_round=rnd, seed=settings.seed)
             sub = extract(state, spec, idx, sizes)
             t1 = time.perf_counter()
             local = sub_model(width, sub)
