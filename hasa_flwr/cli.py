@@ -463,8 +463,9 @@ def build_parser() -> argparse.ArgumentParser:
                      "grid.json, grid.md and grid_<arm>.png (each arm paired with --baseline per cell and round count)")
     rep.add_argument("--baseline", default="uniform", help="with --grid: the arm the others are paired with "
                      "(default: uniform)")
-    rep.add_argument("--rounds", metavar="R,R,...", help="with --grid: round counts read from each run's history "
-                     "(default: 8,20,40 where reached, and the runs' last round)")
+    rep.add_argument("--rounds", metavar="R,R,...", help="with --grid: round counts read from each run's history, "
+                     "and 'best' for each run at its best round (default: 8,20,40 where reached, and the runs' "
+                     "last round)")
     rep.add_argument("--calibration", metavar="DIR", action="append", default=[],
                      help="a `hasa calibrate` folder (adds score_vs_need.png); repeat it to put other data sets' "
                           "score validity in the same table")

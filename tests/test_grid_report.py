@@ -7,8 +7,9 @@ import pytest
 from scipy import stats as sps
 
 from hasa_flwr.cli import main
-from hasa_flwr.study.grid_report import (GridMap, MapCell, ReportError, default_rounds, format_seeds, layout, load_map,
-                                   parse_rounds, screen_reasons, summarize_map, write_grid_report)
+from hasa_flwr.study.grid_report import (BEST, GridMap, MapCell, ReportError, at_round, best_round, default_rounds,
+                                         format_seeds, layout, load_map, parse_rounds, screen_reasons, summarize_map,
+                                         write_grid_report)
 
 ROUNDS = 4
 ARMS = ["uniform", "hasa", "hasa-selective"]
@@ -262,8 +263,10 @@ def test_default_rounds_and_small_parsers():
     assert default_rounds(one_run(4)) == [4]
     assert format_seeds([3, 4, 5, 7, 9, 10]) == "3-5,7,9-10"
     assert parse_rounds("40, 8,20") == [8, 20, 40] and parse_rounds(None) is None
-    with pytest.raises(ReportError, match="--rounds"):
-        parse_rounds("0,8")
+    assert parse_rounds("best,40,8") == [8, 40, BEST] and parse_rounds("best") == [BEST]
+    for bad in ("0,8", "best,x", "8.5", ","):
+        with pytest.raises(ReportError, match="--rounds"):
+            parse_rounds(bad)
 
 
 def test_layout_rows_are_the_first_axis_columns_the_rest():
@@ -287,3 +290,40 @@ def test_a_grid_file_in_a_repository_is_shown_by_its_path_there(tmp_path):
     assert in_repository(str(tmp_path / "wt" / "benchmarks" / "map" / "g.toml")) == "benchmarks/map/g.toml"
     assert in_repository(str(tmp_path / "loose" / "g.toml")) == str(tmp_path / "loose" / "g.toml")
     assert in_repository(None) is None
+
+
+def test_best_round_tells_a_late_gain_from_a_baseline_that_over_fits(tmp_path):
+    """uniform peaks at round 2 and falls, hasa climbs to a lower peak at round 4: hasa is ahead at
+    the last round but behind when each run is read at its own best round."""
+    root = tmp_path / "map"
+    curves = {"uniform": [0.50, 0.60, 0.55, 0.52], "hasa": [0.40, 0.50, 0.56, 0.58]}
+    for k in range(3):
+        for arm, curve in curves.items():
+            history = [{"round": r, "mean": m + 0.01 * k, "worst": m / 2, "tail": m - 0.1} for r, m in
+                       enumerate(curve, start=1)]
+            history.append({"round": 5, "mean": None, "worst": None, "tail": None})  # no evaluation: skipped
+            path = root / "cell" / arm / f"seed-{k}" / "results.json"
+            path.parent.mkdir(parents=True)
+            path.write_text(json.dumps({"config": {"num_rounds": 4}, "history": history,
+                                        "summary": {s: history[3][s] for s in ("mean", "worst", "tail")}}))
+    one = json.loads((root / "cell" / "uniform" / "seed-0" / "results.json").read_text())
+    assert best_round(one) == 2 and at_round(one, BEST) == {"mean": 0.60, "worst": 0.30, "tail": 0.5}
+    assert best_round({"history": []}) is None and at_round({"history": []}, BEST) is None
+    tie = {"history": [{"round": r, "mean": 0.5, "worst": 0.1 * r, "tail": 0.1} for r in (1, 2)]}
+    assert best_round(tie) == 1  # the earliest of ties: what early stopping keeps
+
+    summary = summarize_map(load_map(root), rounds=[4, BEST])
+    hasa = summary["cells"][0]["arms"]["hasa"]
+    assert hasa["4"]["mean"]["delta_pp"] == pytest.approx(6.0)
+    assert hasa[BEST]["mean"]["delta_pp"] == pytest.approx(-2.0)
+    assert hasa[BEST]["worst"]["delta_pp"] == pytest.approx(-1.0)
+    assert hasa[BEST]["best_rounds"] == {"arm": [4, 4, 4], "baseline": [2, 2, 2]}
+    assert summary["cells"][0]["baseline"][BEST]["mean"]["mean"] == pytest.approx(0.61)
+    assert screen_reasons("hasa", BEST, hasa[BEST]) == []  # the screen is written on round counts only
+    assert summary["pooled"] == []  # one cell: nothing to pool
+
+    out = tmp_path / "report"
+    assert main(["report", "--grid", str(root), "--rounds", "4,best", "--out", str(out)]) == 0
+    md = (out / "grid.md").read_text()
+    assert "Δ mean, best round:" in md and "Best round:" in md
+    assert (out / "grid_hasa.png").stat().st_size > 10_000

@@ -8,6 +8,11 @@ normal: a cell, arm or round without common seeds is an empty entry, never an er
 
 grid.json holds fractions like summary.json, plus ``delta_pp`` (the paired mean difference in
 percentage points, what the tables and heat maps show).
+
+Besides round counts, ``best`` reads each run at its own best round (the highest mean client
+accuracy, the earliest of ties): what early stopping would keep. It tells "an arm pays late" from
+"the baseline over-fits by then". The round is chosen on the test splits (the runs hold no
+validation split), so it is an optimistic bound, the same for every arm; the screen ignores it.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from hasa_flwr.federation.results import write_json_atomic
 from hasa_flwr.study.stats import describe, paired
 
 DEFAULT_ROUNDS = (8, 20, 40)
+BEST = "best"              # each run at its own best round (module docstring)
 SCREEN_DELTA_PP = 0.3      # the grid files' screen: |delta mean| >= 0.3 points ...
 SCREEN_P = 0.2             # ... or p < 0.2 at any round count sends a cell to seeds 0-9
 SCREEN_SEEDS = range(10)
@@ -170,8 +176,18 @@ def last_round(res: dict[str, Any]) -> int:
     return int(res.get("config", {}).get("num_rounds") or max(rounds, default=0))
 
 
-def at_round(res: dict[str, Any], rnd: int) -> dict[str, float] | None:
-    """mean/worst/tail of one run after ``rnd`` rounds, or None if the run has no evaluation there."""
+def best_round(res: dict[str, Any]) -> int | None:
+    """The round of a run's highest mean client accuracy (the earliest of ties), None without history."""
+    rows = [h for h in res.get("history", []) if all(h.get(s) is not None for s in SUMMARIES)]
+    return int(max(rows, key=lambda h: (float(h["mean"]), -int(h["round"])))["round"]) if rows else None
+
+
+def at_round(res: dict[str, Any], rnd: int | str) -> dict[str, float] | None:
+    """mean/worst/tail of one run after ``rnd`` rounds (or at its ``best`` round), None if it has no
+    evaluation there."""
+    if rnd == BEST:
+        best = best_round(res)
+        return None if best is None else at_round(res, best)
     for h in res.get("history", []):
         if int(h["round"]) == rnd and all(h.get(s) is not None for s in SUMMARIES):
             return {s: float(h[s]) for s in SUMMARIES}
@@ -180,12 +196,12 @@ def at_round(res: dict[str, Any], rnd: int) -> dict[str, float] | None:
     return None
 
 
-def _values(runs: dict[int, dict[str, Any]], rnd: int) -> dict[int, dict[str, float]]:
+def _values(runs: dict[int, dict[str, Any]], rnd: int | str) -> dict[int, dict[str, float]]:
     out = {seed: at_round(res, rnd) for seed, res in runs.items()}
     return {seed: v for seed, v in out.items() if v is not None}
 
 
-def compare(arm: dict[int, dict[str, Any]], base: dict[int, dict[str, Any]], rnd: int) -> dict[str, Any]:
+def compare(arm: dict[int, dict[str, Any]], base: dict[int, dict[str, Any]], rnd: int | str) -> dict[str, Any]:
     """Arm - baseline at round ``rnd``, paired over the seeds both have an evaluation for."""
     a, b = _values(arm, rnd), _values(base, rnd)
     seeds = sorted(set(a) & set(b))
@@ -195,10 +211,12 @@ def compare(arm: dict[int, dict[str, Any]], base: dict[int, dict[str, Any]], rnd
     for s in SUMMARIES:
         p = paired([a[k][s] for k in seeds], [b[k][s] for k in seeds]) if seeds else empty_paired()
         entry[s] = {**p, "delta_pp": None if p["mean_diff"] is None else 100 * p["mean_diff"]}
+    if rnd == BEST:  # which rounds were kept, per paired seed
+        entry["best_rounds"] = {"arm": [best_round(arm[k]) for k in seeds], "baseline": [best_round(base[k]) for k in seeds]}
     return entry
 
 
-def baseline_lands(base: dict[int, dict[str, Any]], rnd: int) -> dict[str, Any] | None:
+def baseline_lands(base: dict[int, dict[str, Any]], rnd: int | str) -> dict[str, Any] | None:
     """Where the baseline itself is at round ``rnd``, over every seed it has there."""
     v = _values(base, rnd)
     if not v:
@@ -211,10 +229,11 @@ def screen_p(stat: dict[str, Any]) -> float | None:
     return stat["wilcoxon_p"] if stat["wilcoxon_p"] is not None else stat["ttest_p"]
 
 
-def screen_reasons(arm: str, rnd: int, entry: dict[str, Any]) -> list[str]:
-    """Why the grid files' screen sends a cell to seeds 0-9 at this arm and round (empty: it does not)."""
+def screen_reasons(arm: str, rnd: int | str, entry: dict[str, Any]) -> list[str]:
+    """Why the grid files' screen sends a cell to seeds 0-9 at this arm and round (empty: it does not;
+    the screen is written on round counts, so ``best`` never flags)."""
     stat = entry["mean"]
-    if not entry["n"]:
+    if not entry["n"] or rnd == BEST:
         return []
     p = screen_p(stat)
     if abs(stat["delta_pp"]) >= SCREEN_DELTA_PP - 1e-9 or (p is not None and p < SCREEN_P):
@@ -249,20 +268,22 @@ def default_rounds(gmap: GridMap) -> list[int]:
     return sorted({r for r in DEFAULT_ROUNDS if r <= last} | {last})
 
 
-def parse_rounds(text: str | None) -> list[int] | None:
-    """`--rounds 8,20,40`; None (the default rounds) when not given."""
+def parse_rounds(text: str | None) -> list[int | str] | None:
+    """`--rounds 8,20,40[,best]`; None (the default rounds) when not given."""
     if not text:
         return None
-    try:
-        rounds = sorted({int(t) for t in text.replace(" ", "").split(",") if t})
-    except ValueError:
-        rounds = []
-    if not rounds or rounds[0] < 1:
-        raise ReportError(f"--rounds '{text}' not understood: give round counts, e.g. --rounds 8,20,40")
-    return rounds
+    tokens = {t for t in text.replace(" ", "").split(",") if t}
+    numbers = tokens - {BEST}
+    if not tokens or not all(t.isdigit() and int(t) >= 1 for t in numbers):
+        raise ReportError(f"--rounds '{text}' not understood: give round counts and/or 'best', e.g. --rounds 8,20,40,best")
+    return [*sorted(int(t) for t in numbers), *[BEST] * (BEST in tokens)]
 
 
-def pooled(gmap: GridMap, baseline: str, arms: list[str], rounds: list[int]) -> list[dict[str, Any]]:
+def round_label(rnd: int | str) -> str:
+    return "best round" if rnd == BEST else f"round {rnd}"
+
+
+def pooled(gmap: GridMap, baseline: str, arms: list[str], rounds: list[int | str]) -> list[dict[str, Any]]:
     """Arm - baseline over every (cell, seed) pair of a group of cells: all cells, then each value of
     each axis. A cell's few seeds cannot show a pattern that many cells share; the pooled pairs can
     (pairs of different cells are different settings on shared seeds: a direction, not one cell's test)."""
@@ -291,7 +312,7 @@ def _pooled_stat(pairs: list[tuple[dict[str, float], dict[str, float]]], summary
     return {**p, "delta_pp": 100 * p["mean_diff"]}
 
 
-def summarize_map(gmap: GridMap, baseline: str = "uniform", rounds: list[int] | None = None) -> dict[str, Any]:
+def summarize_map(gmap: GridMap, baseline: str = "uniform", rounds: list[int | str] | None = None) -> dict[str, Any]:
     """The grid.json payload."""
     if baseline not in gmap.arms:
         raise ReportError(f"no '{baseline}' arm in any cell of {gmap.folder} (arms: {', '.join(gmap.arms) or 'none'}):"
@@ -389,13 +410,13 @@ def map_markdown(summary: dict[str, Any]) -> str:
     lines += pooled_markdown(summary)
     lines += ["", f"## Where `{base}` lands", "", "mean / worst / tail client accuracy in %, mean over its seeds:"]
     for r in rounds:
-        lines += ["", f"Round {r}:", ""]
+        lines += ["", f"{round_label(r).capitalize()}:", ""]
         lines += table(lay, grid_of(summary, lay, lambda c, r=r: baseline_text(c["baseline"][str(r)])))
     for arm in summary["arms"]:
         lines += ["", f"## `{arm}` − `{base}`"]
         for r in rounds:
             for metric in SUMMARIES:
-                lines += ["", f"Δ {metric}, round {r}:", ""]
+                lines += ["", f"Δ {metric}, {round_label(r)}:", ""]
                 lines += table(lay, grid_of(summary, lay,
                                             lambda c, r=r, m=metric, a=arm: delta_text(c["arms"][a][str(r)], m)))
     lines += ["", "Heat maps: " + ", ".join(f"grid_{a}.png" for a in summary["arms"]) + "."]
@@ -412,7 +433,7 @@ def pooled_markdown(summary: dict[str, Any]) -> list[str]:
              "on shared seeds: a direction across the map, not a test of any one cell."]
     for arm in summary["arms"]:
         for metric in SUMMARIES:
-            lines += ["", f"`{arm}`, Δ {metric}:", "", "| cells | " + " | ".join(f"round {r}" for r in rounds) + " |",
+            lines += ["", f"`{arm}`, Δ {metric}:", "", "| cells | " + " | ".join(round_label(r) for r in rounds) + " |",
                       "|---|" + "---:|" * len(rounds)]
             for g in summary["pooled"]:
                 cells = []
@@ -464,7 +485,7 @@ def plot_arm(summary: dict[str, Any], arm: str, path: Path) -> Path:
         norm = Normalize(-lim, lim)  # centred at 0: blue = arm higher
         for j, (r, grid, v) in enumerate(zip(rounds, entries, values)):
             im = _panel(axes[i][j], lay, grid, v, metric, cmap, norm)
-            axes[i][j].set_title(f"Δ {metric}, round {r}", fontsize=9)
+            axes[i][j].set_title(f"Δ {metric}, {round_label(r)}", fontsize=9)
         fig.colorbar(im, ax=list(axes[i]), shrink=0.9, label=f"Δ {metric} (pp)")
     fig.suptitle(f"{arm} − {summary['baseline']} (percentage points, paired over common seeds; "
                  f"blue: {arm} higher; grey: no pairs)", fontsize=10)
@@ -518,7 +539,7 @@ def _write_text_atomic(path: Path, text: str) -> Path:
 
 
 def write_grid_report(folder: Path, out: Path | None = None, baseline: str = "uniform",
-                      rounds: list[int] | None = None) -> dict[str, Path]:
+                      rounds: list[int | str] | None = None) -> dict[str, Path]:
     """grid.json, grid.md and grid_<arm>.png into ``out`` (default: the grid folder)."""
     folder = Path(folder)
     out = Path(out) if out is not None else folder
