@@ -242,8 +242,7 @@ def plain_loop(settings, widths: list[float], *, num_threads: int) -> PlainTimes
         final = rnd == settings.num_rounds
         accs = []
         for pid, (client, width) in enumerate(zip(fed.clients, widths)):
-            mine = settings.prefix_of(sub_model(1.0, state), fed.num_classes, width) if settings.extraction != "own" \
-                else sub_model(width, extract(state, spec, deployed[pid], sizes))  # as the client's evaluation
+            mine = sub_model(width, extract(state, spec, deployed[pid], sizes))  # the subnet the client evaluates
             accs.append(evaluate(mine, client.x_test, client.y_test)["accuracy"])
             if final:
                 evaluate(sub_model(1.0, state), client.x_test, client.y_test)
