@@ -9,11 +9,12 @@ import sys
 import time
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 from conftest import ROOT
 from flwr.superlink.grid.inmemory_grid import InMemoryGrid
 
-from hasa_flwr.study.deploy_bench import compared, markdown
+from hasa_flwr.study.deploy_bench import compared, markdown, ratio_interval
 from hasa_flwr.study.noop_app import write_noop_app
 from hasa_flwr.federation.polling import PromptGrid, prompt
 
@@ -94,8 +95,24 @@ def test_report_table():
     run = {"median_round_s": 4.0, "clientapp_cpu_s": 2.0, "clientapp_lifetime_s": 3.0}
     table = markdown({"caps": [0.8, 0.5], "rounds": 6, "superexec_poll_s": 1.0, "cpus": 2,
                       "runs": [{"reply_poll_s": 0.2, "hasa": {**run, "median_round_s": 6.5}, "noop": run,
-                                "ratio_to_noop": 1.625, "speedup_vs_before": 4.0}]})
-    assert "| 0.2 s | 6.50 | 4.00 | 1.62 | 4.0x faster | 2.00 / 2.00 | 3.00 / 3.00 |" in table
+                                "ratio_to_noop": 1.625, "ratio_interval_95": (1.4, 1.9), "speedup_vs_before": 4.0}]})
+    assert "| 0.2 s | 6.50 | 4.00 | 1.62 (1.40-1.90) | 4.0x faster | 2.00 / 2.00 | 3.00 / 3.00 |" in table
+    # a deploy.json from before the interval was recorded: computed from its rounds
+    old = {"reply_poll_s": 3, "hasa": {**run, "rounds_s": [9.0, 6.0, 6.0, 6.0, 9.0]},
+           "noop": {**run, "rounds_s": [9.0, 4.0, 4.0, 4.0, 9.0]}, "ratio_to_noop": 1.5, "speedup_vs_before": 4.0}
+    table = markdown({"caps": [0.8, 0.5], "rounds": 5, "superexec_poll_s": 1.0, "cpus": 2, "runs": [old]})
+    assert "| 3 s | 4.00 | 4.00 | 1.50 (1.50-1.50) |" in table
+
+
+def test_ratio_interval_brackets_the_ratio_and_narrows_with_rounds():
+    assert ratio_interval([6.0] * 5, [4.0] * 5) == (1.5, 1.5)  # no spread: no doubt
+    rng = np.random.default_rng(1)
+    few = ratio_interval(list(7.5 + rng.normal(0, 0.8, 6)), list(5.0 + rng.normal(0, 0.4, 6)))
+    many = ratio_interval(list(7.5 + rng.normal(0, 0.8, 60)), list(5.0 + rng.normal(0, 0.4, 60)))
+    assert few[0] < 1.5 < few[1] and many[0] < 1.5 < many[1]
+    assert many[1] - many[0] < few[1] - few[0]
+    assert ratio_interval([1.0, 9.0, 5.0], [4.0, 4.0, 4.0], seed=3) == ratio_interval([1.0, 9.0, 5.0], [4.0, 4.0, 4.0],
+                                                                                        seed=3)  # reproducible
 
 
 @pytest.mark.parametrize("args,message", [
