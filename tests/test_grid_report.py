@@ -326,4 +326,5 @@ def test_best_round_tells_a_late_gain_from_a_baseline_that_over_fits(tmp_path):
     assert main(["report", "--grid", str(root), "--rounds", "4,best", "--out", str(out)]) == 0
     md = (out / "grid.md").read_text()
     assert "Δ mean, best round:" in md and "Best round:" in md
+    assert "| cell | 61.0 / 30.0 / 50.0 (n 3, median round 2) |" in md  # where uniform lands at its best
     assert (out / "grid_hasa.png").stat().st_size > 10_000

@@ -22,6 +22,7 @@ import itertools
 import json
 import os
 import re
+import statistics
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -221,7 +222,10 @@ def baseline_lands(base: dict[int, dict[str, Any]], rnd: int | str) -> dict[str,
     v = _values(base, rnd)
     if not v:
         return None
-    return {"seeds": sorted(v), **{s: describe([v[k][s] for k in sorted(v)]) for s in SUMMARIES}}
+    lands = {"seeds": sorted(v), **{s: describe([v[k][s] for k in sorted(v)]) for s in SUMMARIES}}
+    if rnd == BEST:
+        lands["best_rounds"] = [best_round(base[k]) for k in sorted(v)]
+    return lands
 
 
 def screen_p(stat: dict[str, Any]) -> float | None:
@@ -384,7 +388,8 @@ def delta_text(entry: dict[str, Any] | None, metric: str) -> str:
 def baseline_text(lands: dict[str, Any] | None) -> str:
     if not lands:
         return "-"
-    return " / ".join(pct(lands[s]["mean"], 1) for s in SUMMARIES) + f" (n {len(lands['seeds'])})"
+    at = f", median round {statistics.median(lands['best_rounds']):g}" if lands.get("best_rounds") else ""
+    return " / ".join(pct(lands[s]["mean"], 1) for s in SUMMARIES) + f" (n {len(lands['seeds'])}{at})"
 
 
 def table(lay: Layout, cells: list[list[str | None]]) -> list[str]:
