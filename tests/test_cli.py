@@ -2,6 +2,7 @@
 
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -127,3 +128,30 @@ def test_hasa_focus_defaults_to_selective_aggregation_and_the_key_overrides_it()
     assert s.aggregation == "full"
     with pytest.raises(ValueError, match="unknown aggregation 'mean'"):
         settings_from_run_config({**defaults, "aggregation": "mean"})
+
+
+def test_a_local_superlink_from_another_environment_is_refused(tmp_path, capsys, monkeypatch):
+    """`flwr run` hands a local simulation to whatever SuperLink holds the fixed control port, and that
+    SuperLink runs the app with its own packages: `hasa run` says so instead of failing inside it."""
+    from hasa_flwr.study.processes import BIN, foreign_local_superlink, free_port
+
+    port = free_port()
+    sleep = [sys.executable, "-c", "import time; time.sleep(60)"]
+    flags = ["--insecure", "--control-api-address", f"127.0.0.1:{port}"]
+    ours = subprocess.Popen([*sleep, str(BIN / "flower-superlink"), *flags])
+    other = None
+    try:
+        assert foreign_local_superlink(port) is None  # one of this environment's: fine, it runs our packages
+        other = subprocess.Popen([*sleep, "/elsewhere/.venv/bin/flower-superlink", *flags])
+        assert foreign_local_superlink(port) == (other.pid, Path("/elsewhere/.venv/bin"))
+        assert foreign_local_superlink(free_port()) is None  # another port: not in the way
+        monkeypatch.setenv("FLWR_LOCAL_CONTROL_API_PORT", str(port))
+        code, err = hasa(tmp_path, capsys)
+        assert code == 2 and err.count("\n") == 1, err
+        assert f"127.0.0.1:{port} (pid {other.pid}) runs from another environment (/elsewhere/.venv/bin)" in err
+        assert not (tmp_path / "results").exists()
+    finally:
+        for proc in (ours, other):
+            if proc is not None:
+                proc.kill()
+                proc.wait()

@@ -25,6 +25,7 @@ import tomllib
 
 from hasa_flwr.method.allocation import check_feasible, linear_cost
 from hasa_flwr.federation.config import Settings, settings_from_run_config
+from hasa_flwr.study.processes import foreign_local_superlink
 
 FLWR_ENV = {
     "FLWR_TELEMETRY_ENABLED": "0",
@@ -114,6 +115,11 @@ def flwr_run(app_dir: Path, overrides: dict[str, Any], *, num_supernodes: int, f
     if connection:  # a deployed SuperLink: its SuperNodes are the federation
         cmd = ["flwr", "run", str(app_dir), connection, "--stream"]
     else:
+        port = run_env.get("FLWR_LOCAL_CONTROL_API_PORT", "39093")
+        if found := foreign_local_superlink(port):
+            raise ValueError(f"the local SuperLink on 127.0.0.1:{port} (pid {found[0]}) runs from another environment "
+                             f"({found[1]}), so this run would execute there: stop it, or give these runs their own "
+                             f"ports (FLWR_LOCAL_SUPERLINK_HTTP_API_PORT, FLWR_LOCAL_CONTROL_API_PORT)")
         fed = federation_config or f"num-supernodes={num_supernodes}"
         cmd = ["flwr", "run", str(app_dir), "--stream", "--federation-config", fed]
     if overrides:

@@ -55,6 +55,26 @@ def pids_with_env(entry: str) -> list[int]:
     return found
 
 
+def foreign_local_superlink(control_port: int | str) -> tuple[int, Path] | None:
+    """(pid, its bin folder) of a local SuperLink serving ``control_port`` that runs from another
+    environment, else None. `flwr run` hands a local simulation to whatever SuperLink answers on
+    that fixed port (FLWR_HOME does not pick it), and that SuperLink runs the app with its own
+    environment's packages: a sweep from one checkout would run inside another's."""
+    flag = f"127.0.0.1:{control_port}"
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            args = (proc / "cmdline").read_bytes().decode(errors="replace").split("\0")
+        except OSError:
+            continue
+        script = next((a for a in args if Path(a).name == "flower-superlink"), None)
+        if script and "--control-api-address" in args and args[args.index("--control-api-address") + 1:][:1] == [flag]:
+            if Path(os.path.abspath(script)).parent != BIN:
+                return int(proc.name), Path(os.path.abspath(script)).parent
+    return None
+
+
 def marked_pids(value: str) -> list[int]:
     """Processes whose environment holds MARKER=value."""
     return pids_with_env(f"{MARKER}={value}")
