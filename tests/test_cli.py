@@ -2,6 +2,7 @@
 
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -138,11 +139,20 @@ def test_a_local_superlink_from_another_environment_is_refused(tmp_path, capsys,
     port = free_port()
     sleep = [sys.executable, "-c", "import time; time.sleep(60)"]
     flags = ["--insecure", "--control-api-address", f"127.0.0.1:{port}"]
-    ours = subprocess.Popen([*sleep, str(BIN / "flower-superlink"), *flags])
+
+    def started(*args):  # returns once the child has exec'd (a forked child shows pytest's command line)
+        proc = subprocess.Popen([*sleep, *args, *flags])
+        cmdline = Path(f"/proc/{proc.pid}/cmdline")
+        deadline = time.monotonic() + 30
+        while args[0].encode() not in cmdline.read_bytes() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return proc
+
+    ours = started(str(BIN / "flower-superlink"))
     other = None
     try:
         assert foreign_local_superlink(port) is None  # one of this environment's: fine, it runs our packages
-        other = subprocess.Popen([*sleep, "/elsewhere/.venv/bin/flower-superlink", *flags])
+        other = started("/elsewhere/.venv/bin/flower-superlink")
         assert foreign_local_superlink(port) == (other.pid, Path("/elsewhere/.venv/bin"))
         assert foreign_local_superlink(free_port()) is None  # another port: not in the way
         monkeypatch.setenv("FLWR_LOCAL_CONTROL_API_PORT", str(port))
