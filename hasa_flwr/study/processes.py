@@ -41,18 +41,20 @@ def free_port() -> int:
     return free_ports(1)[0]
 
 
-def pids_with_env(entry: str) -> list[int]:
-    """Processes (other than this one) whose environment holds ``entry`` ("NAME=value")."""
-    needle = entry.encode()
-    found = []
+def proc_files(name: str) -> Iterator[tuple[int, list[bytes]]]:
+    """(pid, entries of /proc/<pid>/<name>, split at NULs) of every process but this one that we may read."""
     for proc in Path("/proc").iterdir():
         if proc.name.isdigit() and int(proc.name) != os.getpid():
             try:
-                if needle in (proc / "environ").read_bytes().split(b"\0"):
-                    found.append(int(proc.name))
+                yield int(proc.name), (proc / name).read_bytes().split(b"\0")
             except OSError:
                 continue
-    return found
+
+
+def pids_with_env(entry: str) -> list[int]:
+    """Processes (other than this one) whose environment holds ``entry`` ("NAME=value")."""
+    needle = entry.encode()
+    return [pid for pid, env in proc_files("environ") if needle in env]
 
 
 def foreign_local_superlink(control_port: int | str) -> tuple[int, Path] | None:
@@ -61,17 +63,14 @@ def foreign_local_superlink(control_port: int | str) -> tuple[int, Path] | None:
     that fixed port (FLWR_HOME does not pick it), and that SuperLink runs the app with its own
     environment's packages: a sweep from one checkout would run inside another's."""
     flag = f"127.0.0.1:{control_port}"
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            args = (proc / "cmdline").read_bytes().decode(errors="replace").split("\0")
-        except OSError:
-            continue
+    for pid, raw in proc_files("cmdline"):
+        args = [a.decode(errors="replace") for a in raw]
         script = next((a for a in args if Path(a).name == "flower-superlink"), None)
-        if script and "--control-api-address" in args and args[args.index("--control-api-address") + 1:][:1] == [flag]:
-            if Path(os.path.abspath(script)).parent != BIN:
-                return int(proc.name), Path(os.path.abspath(script)).parent
+        if script is None or "--control-api-address" not in args:
+            continue
+        home = Path(os.path.abspath(script)).parent
+        if args[args.index("--control-api-address") + 1:][:1] == [flag] and home != BIN:
+            return pid, home
     return None
 
 
