@@ -21,3 +21,13 @@ def test_one_exchange_round_sends_no_full_model():
     assert all(v > 0 for v in fused.values())
     assert separate["bytes_to_clients"] > 2 * fused["bytes_to_clients"]
     assert separate["bytes_from_clients"] > fused["bytes_from_clients"]
+
+
+def test_simulation_floor_runs_the_noop_app(tmp_path, superlink):
+    """Flower's empty round in simulation: the no-op app under a real `flwr run`, one time per round."""
+    from hasa_flwr.study.bench import simulation_floor
+
+    seconds = simulation_floor(tmp_path, rounds=3, num_clients=2,
+                               federation_config="num-supernodes=2 client-resources-num-cpus=1", env=superlink)
+    assert len(seconds) == 3 and all(s > 0 for s in seconds)
+    assert (tmp_path / "noop" / "noop_app.py").is_file()

@@ -13,7 +13,12 @@
    accuracies (checked and printed).
 3. ratio = fastest Flower round / fastest plain round (other processes on a shared machine only ever
    add time), printed as ``overhead ratio: X.XX``, and the ratio of mean round times.
-4. Where the rest goes: a sampler thread reads /proc every second for every process under the local
+4. Flower's floor: the no-op app (`noop_app`, a ClientApp that imports only Flower and answers at
+   once) under the same federation config and the same local SuperLink, one message per client per
+   round: what an empty round costs in Flower's simulation (dispatch, Ray, polling). ``ratio above
+   floor`` = (fastest Flower round - fastest empty round) / fastest plain round, i.e. the ratio if
+   Flower's empty round cost nothing: how much of the overhead is this app's, not the engine's.
+5. Where the rest goes: a sampler thread reads /proc every second for every process under the local
    SuperLink (the ClientApp actor, the simulation process running ServerApp + message queues,
    the SuperLink, Ray's daemons), so the actor's CPU time per round can be compared with the plain
    loop's (same work?) and the other processes' CPU time (taken from training on a machine whose
@@ -36,6 +41,7 @@ import numpy as np
 
 from hasa_flwr.federation.polling import SIMULATION_PULL_INTERVAL
 from hasa_flwr.study.launch import flwr_run, preflight
+from hasa_flwr.study.noop_app import write_noop_app
 from hasa_flwr.study.sweep import RunFailed, base_config, hardware
 
 VCE_SCAN_INTERVAL = 0.1  # the simulation engine's scan for new messages (flwr 1.41, hard-coded)
@@ -343,6 +349,21 @@ def message_costs(settings, config: dict[str, Any], widths: list[float]) -> dict
     return costs
 
 
+def simulation_floor(work: Path, *, rounds: int, num_clients: int, federation_config: str,
+                     env: dict[str, str] | None = None) -> list[float]:
+    """Seconds of each round of the no-op app in simulation: Flower's own cost of a round, no training."""
+    noop = write_noop_app(work / "noop")
+    overrides = {"num-server-rounds": rounds, "num-clients": num_clients, "reply-poll": SIMULATION_PULL_INTERVAL,
+                 "results-dir": str(work / "noop-results")}
+    with (work / "noop.log").open("w") as log:
+        outcome = flwr_run(noop, overrides, num_supernodes=num_clients, federation_config=federation_config,
+                           log=log, env=env)
+    if outcome.results is None:
+        why = outcome.error or f"flwr run exited with code {outcome.returncode} and wrote no results.json"
+        raise RunFailed(f"the no-op Flower run failed: {why} (log: {work / 'noop.log'})")
+    return [h["seconds"] for h in json.loads(outcome.results.read_text())["history"]]
+
+
 def overhead(app: Path, *, preset: str | None, rounds: int, sets: dict[str, Any], num_cpus: int | None = None,
              plain_threads: int | None = None, repeat: int = 1, env: dict[str, str] | None = None,
              keep: Path | None = None, say=print) -> dict[str, Any]:
@@ -377,6 +398,10 @@ def overhead(app: Path, *, preset: str | None, rounds: int, sets: dict[str, Any]
     steady = timed[:-1] if len(timed) > 1 else timed
     flower_by_round = {h["round"]: h["seconds"] for h in res["history"]}
     flower_rounds = [flower_by_round[r] for r in timed]
+    say(f"floor: the no-op app, same federation ({settings.num_clients} clients, {rounds} rounds) ...")
+    floor_rounds = simulation_floor(work, rounds=rounds, num_clients=settings.num_clients,
+                                    federation_config=fed_cfg, env=env)
+    floor_s = min(floor_rounds[r - 1] for r in steady)
 
     say(f"plain: the same {rounds} round(s) in one process, torch threads = {threads}"
         + (f", {repeat} times" if repeat > 1 else "") + " ...")
@@ -415,6 +440,8 @@ def overhead(app: Path, *, preset: str | None, rounds: int, sets: dict[str, Any]
                           "slice_and_aggregate": plain_best.server[best_round - 1]},
         "ratio": flower_s / plain_s, "ratio_of_means": float(np.mean(flower_rounds)) / plain_mean,
         "difference_s": flower_s - plain_s,
+        "floor_round_seconds": floor_rounds, "floor_best_round_s": floor_s,
+        "ratio_above_floor": (flower_s - floor_s) / plain_s,
         "in_process_s": {"array_record_conversions": costs["records_s"], "ray_pickling": costs["pickle_s"],
                          "clientapp_setup": costs["setup_s"]},
         "polling_expected_s": VCE_SCAN_INTERVAL + SIMULATION_PULL_INTERVAL,
@@ -443,6 +470,10 @@ def format_report(r: dict[str, Any]) -> list[str]:
         f"overhead ratio: {r['ratio']:.2f}  (target <= 1.10; difference {r['difference_s']:+.3f} s per round; "
         f"ratio of mean round times {r['ratio_of_means']:.2f})",
     ]
+    if "floor_best_round_s" in r:  # overhead.json files from before the floor was measured lack it
+        lines.append(f"Flower's floor: an empty round (no-op ClientApp, same federation) {r['floor_best_round_s']:.3f} s; "
+                     f"ratio above the floor {r['ratio_above_floor']:.2f} (Flower round minus empty round, over the "
+                     "plain round)")
     if cpu and r["actor_busy_s_per_round"] is not None:
         others = {k: v for k, v in cpu.items() if k != "clientapp_actor"}
         busy = r["actor_busy_s_per_round"]
