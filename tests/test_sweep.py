@@ -279,3 +279,23 @@ def test_sweep_reports_its_throughput(tmp_path):
     assert outcome.wall >= sum(outcome.seconds.values())
     assert outcome.timing().startswith(f"4 run(s) in {outcome.wall:.1f} s (")
     assert run_fake(tmp_path / "s", FakeRunner()).timing() is None  # all skipped: nothing was timed
+
+
+def test_resume_refuses_another_thread_count(tmp_path):
+    """Each run records its federation config; resuming a folder with another client-resources-num-cpus
+    (what `--jobs` changes) would pair runs trained with different torch thread counts: refused, before
+    anything runs or is written."""
+    from hasa_flwr.study.sweep import client_cpus
+
+    assert client_cpus("num-supernodes=7") == 2 and client_cpus("client-resources-num-cpus=1 x=2") == 1
+    out = tmp_path / "runs"
+    run_fake(out, FakeRunner(), seeds=(0,))
+    recorded = json.loads((out / "sweep.json").read_text())["runs"]
+    assert recorded["hasa/seed-0"]["federation_config"] == "num-supernodes=7"
+    before = (out / "sweep.json").read_text()
+    runner = FakeRunner()
+    with pytest.raises(SweepError, match="client-resources-num-cpus=2 .* would get 1"):
+        run_fake(out, runner, seeds=(0, 1), federation_config="client-resources-num-cpus=1")
+    assert runner.calls == [] and (out / "sweep.json").read_text() == before and not (out / "hasa" / "seed-1").exists()
+    outcome = run_fake(out, runner, seeds=(0, 1), federation_config="client-resources-num-cpus=2")
+    assert outcome.done == ["uniform/seed-1", "hasa/seed-1"]

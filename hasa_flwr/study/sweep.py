@@ -376,6 +376,30 @@ def job_resources(federation_config: str, num_clients: int, jobs: int) -> str:
     return config
 
 
+def client_cpus(federation_config: str) -> float:
+    """A simulated client's CPUs (Flower's default: 2), which Ray also makes its torch thread count
+    (OMP_NUM_THREADS). Parallel kernels sum in a thread-dependent order, so the same run at 1 and 2
+    threads agrees only until the last bits' differences grow (measured on Medium: identical for 8
+    rounds, 0.8 points apart in the mean by round 40): runs to be compared must share it."""
+    found = re.search(r"client-resources-num-cpus=([0-9.]+)", federation_config)
+    return float(found.group(1)) if found else 2.0
+
+
+def check_same_threads(out: Path, finished: list[str], federation_config: str) -> None:
+    """SweepError when this folder's finished runs trained with another thread count than the pending
+    ones would (a resume with another --jobs): their pairs would differ beyond the seed."""
+    path = out / "sweep.json"
+    recorded = json.loads(path.read_text()).get("runs", {}) if path.is_file() else {}
+    now = client_cpus(federation_config)
+    for key in finished:
+        before = recorded.get(key, {}).get("federation_config")  # runs recorded before it was kept: unknown
+        if before is not None and client_cpus(before) != now:
+            raise SweepError(f"{key} in {out} trained with client-resources-num-cpus={client_cpus(before):g} (each "
+                             f"client's torch threads) and the runs left would get {now:g}: results depend on the "
+                             "thread count, so matched runs would differ beyond their seed; resume with the same "
+                             f"--jobs, or pass --federation-config 'client-resources-num-cpus={client_cpus(before):g}'")
+
+
 def run_jobs(out: Path, base: dict[str, Any], jobs: list[Job], runner: Runner, *, federation_config: str = "",
              keep_going: bool = False, progress: bool = True, meta: dict[str, Any] | None = None,
              command: str | None = None, check: bool = True, parallel: int = 1,
@@ -393,6 +417,9 @@ def run_jobs(out: Path, base: dict[str, Any], jobs: list[Job], runner: Runner, *
             outcome.skipped.append(job.key)
         else:
             pending.append(job)
+    if pending:
+        first = expected[pending[0].key]["num_clients"]
+        check_same_threads(out, outcome.skipped, job_resources(federation_config, first, parallel))
     if pending and check:
         preflight({**configs[pending[0].key], "results-dir": str(out)})  # data + budget, in a second
     manifest = update_manifest(out, {**(meta or {}), "jobs": parallel}, command or command_line(), runs=bool(pending),
@@ -426,11 +453,10 @@ def run_jobs(out: Path, base: dict[str, Any], jobs: list[Job], runner: Runner, *
 
         log = LogTee(run_dir / "flwr.log", on_round)
         running[job.key] = log
+        resources = job_resources(federation_config, settings.num_clients, parallel)
         start = time.perf_counter()
         try:
-            result = runner(config, num_supernodes=settings.num_clients,
-                            federation_config=job_resources(federation_config, settings.num_clients, parallel),
-                            log=log)
+            result = runner(config, num_supernodes=settings.num_clients, federation_config=resources, log=log)
         finally:
             log.close()
             running.pop(job.key, None)
@@ -457,8 +483,9 @@ def run_jobs(out: Path, base: dict[str, Any], jobs: list[Job], runner: Runner, *
                 shutil.rmtree(tmp, ignore_errors=True)
                 summary = res["summary"]
                 rounds = [h["seconds"] for h in res.get("history", [])]
-                manifest["runs"][job.key] = {"status": "done", "seconds": round(seconds, 2),
-                                             "run_id": result.run_id, "round_seconds": [round(r, 3) for r in rounds]}
+                manifest["runs"][job.key] = {"status": "done", "seconds": round(seconds, 2), "run_id": result.run_id,
+                                             "federation_config": resources,
+                                             "round_seconds": [round(r, 3) for r in rounds]}
                 write_json(out / "sweep.json", manifest)
                 outcome.done.append(job.key)
                 outcome.outside[job.key] = seconds - sum(rounds)
