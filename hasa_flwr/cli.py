@@ -13,6 +13,9 @@ from hasa_flwr.federation.config import settings_from_run_config
 from hasa_flwr.study.launch import app_defaults, flwr_run, merge_config, preflight, read_preset
 from hasa_flwr.study.sweep import RunFailed, SweepError, pin_paths
 
+JOBS_HELP = ("runs at once, each on its own Ray with 1/N of the cores, i.e. 1/N of the torch threads, which changes "
+             "float results: keep one value per output folder (default 1)")
+
 
 def parse_overrides(items: list[str]) -> dict:
     """`--run-config` values: a preset .toml file and/or `key=value` pairs (TOML values)."""
@@ -323,7 +326,7 @@ def add_run_options(p: argparse.ArgumentParser, default_seeds: str) -> None:
                    help="after a failed run, go on with the others (default: stop at the first failure)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--jobs", type=positive_int, default=1, metavar="N",
-                   help="runs at once, each on its own Ray with 1/N of the cores (default 1)")
+                   help=JOBS_HELP)
     p.add_argument("--run-timeout", type=positive_seconds, default=None, metavar="SECONDS",
                    help="stop a run that takes longer and count it as failed (default: no limit)")
 
@@ -433,7 +436,7 @@ def build_parser() -> argparse.ArgumentParser:
     gr.add_argument("--run-timeout", type=positive_seconds, default=None, metavar="SECONDS",
                     help="stop a run that takes longer than this")
     gr.add_argument("--jobs", type=positive_int, default=1, metavar="N",
-                    help="runs at once, each on its own Ray with 1/N of the cores (default 1)")
+                    help=JOBS_HELP)
     gr.set_defaults(func=cmd_grid)
 
     al = sub.add_parser("allocate", help="the widths a run config gives each client, from the query round alone "

@@ -6,9 +6,10 @@ is skipped, provided its recorded config matches what would be run now; otherwis
 (mixing configs in one folder would silently corrupt the paired statistics).
 
 Runs are sequential by default (a simulation already uses every core); ``--jobs N`` runs N at once,
-each on its own Ray with 1/N of the cores, all through one local SuperLink. A failed run stops the
-sweep with its error line unless ``keep_going`` is set, in which case the failures are listed at
-the end.
+each on its own Ray with 1/N of the cores, all through one local SuperLink (1/N of the cores is
+1/N of each client's torch threads, which changes float results: see `client_cpus`; a folder keeps
+one thread count). A failed run stops the sweep with its error line unless ``keep_going`` is set,
+in which case the failures are listed at the end.
 """
 
 from __future__ import annotations
