@@ -185,7 +185,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     overhead(Path(args.app), preset=args.preset, rounds=args.rounds, sets=parse_sets(args.set),
              num_cpus=args.num_cpus, plain_threads=args.plain_threads, repeat=args.repeat,
-             keep=Path(args.keep) if args.keep else None)
+             keep=Path(args.keep) if args.keep else None, one_actor=args.one_actor)
     return 0
 
 
@@ -490,6 +490,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="client-resources-num-cpus for Flower = torch threads of the plain loop (default 2)")
     ov.add_argument("--plain-threads", type=int, default=None,
                     help="torch threads of the plain loop (default: --num-cpus, what Ray gives each actor)")
+    ov.add_argument("--one-actor", action="store_true",
+                    help="give Ray only --num-cpus CPUs: one actor trains and the other cores are left to Flower's "
+                         "own processes (with --num-cpus below the core count)")
     ov.add_argument("--repeat", type=int, default=1,
                     help="run the plain loop this many times and keep its fastest round (default 1)")
     ov.add_argument("--keep", metavar="DIR", help="keep the flwr log, results.json and overhead.json here")

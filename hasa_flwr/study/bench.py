@@ -366,8 +366,12 @@ def simulation_floor(work: Path, *, rounds: int, num_clients: int, federation_co
 
 def overhead(app: Path, *, preset: str | None, rounds: int, sets: dict[str, Any], num_cpus: int | None = None,
              plain_threads: int | None = None, repeat: int = 1, env: dict[str, str] | None = None,
-             keep: Path | None = None, say=print) -> dict[str, Any]:
-    """Run the benchmark; returns every number it printed (also written to ``keep``/overhead.json)."""
+             keep: Path | None = None, one_actor: bool = False, say=print) -> dict[str, Any]:
+    """Run the benchmark; returns every number it printed (also written to ``keep``/overhead.json).
+
+    ``one_actor``: Ray gets only the actor's CPUs (init-args-num-cpus), so one actor trains and the
+    other cores are left to Flower's own processes: with fewer threads than cores, does Flower's
+    overhead go away when its processes need not take CPU from training?"""
     app = Path(app).absolute()
     if rounds < 1:
         raise ValueError(f"--rounds must be at least 1, got {rounds}")
@@ -380,6 +384,8 @@ def overhead(app: Path, *, preset: str | None, rounds: int, sets: dict[str, Any]
     settings = preflight(config)
     fed_cfg = f"num-supernodes={settings.num_clients} client-resources-num-cpus={cpus}"
     actors = max(1, (os.cpu_count() or 1) // cpus)
+    if one_actor:
+        fed_cfg, actors = f"{fed_cfg} init-args-num-cpus={cpus}", 1
     say(f"flower: flwr run {app} ({settings.dataset}, {settings.strategy}, {rounds} rounds, {fed_cfg}; "
         f"{actors} concurrent actor(s) on {os.cpu_count()} CPUs) ...")
     port = {**os.environ, **(env or {})}.get("FLWR_LOCAL_SUPERLINK_HTTP_API_PORT", "39091")
