@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from conftest import ROOT
 
 from hasa_flwr.federation.config import settings_from_run_config
@@ -31,3 +33,12 @@ def test_simulation_floor_runs_the_noop_app(tmp_path, superlink):
                                federation_config="num-supernodes=2 client-resources-num-cpus=1", env=superlink)
     assert len(seconds) == 3 and all(s > 0 for s in seconds)
     assert (tmp_path / "noop" / "noop_app.py").is_file()
+
+
+def test_one_actor_limits_ray_to_the_actors_cpus():
+    """--one-actor: Ray gets only the actor's CPUs, so Flower starts one actor whatever the core count."""
+    from hasa_flwr.study.bench import simulation_resources
+
+    assert simulation_resources(7, 1, True) == ("num-supernodes=7 client-resources-num-cpus=1 init-args-num-cpus=1", 1)
+    config, actors = simulation_resources(7, 1, False)
+    assert config == "num-supernodes=7 client-resources-num-cpus=1" and actors == max(1, os.cpu_count() or 1)

@@ -349,6 +349,15 @@ def message_costs(settings, config: dict[str, Any], widths: list[float]) -> dict
     return costs
 
 
+def simulation_resources(num_clients: int, cpus: int, one_actor: bool) -> tuple[str, int]:
+    """The federation config and how many actors Flower will start: it sizes the pool from Ray's CPUs,
+    which ``one_actor`` limits to one actor's."""
+    config = f"num-supernodes={num_clients} client-resources-num-cpus={cpus}"
+    if one_actor:
+        return f"{config} init-args-num-cpus={cpus}", 1
+    return config, max(1, (os.cpu_count() or 1) // cpus)
+
+
 def simulation_floor(work: Path, *, rounds: int, num_clients: int, federation_config: str,
                      env: dict[str, str] | None = None) -> list[float]:
     """Seconds of each round of the no-op app in simulation: Flower's own cost of a round, no training."""
@@ -382,10 +391,7 @@ def overhead(app: Path, *, preset: str | None, rounds: int, sets: dict[str, Any]
     work.mkdir(parents=True, exist_ok=True)
     config["results-dir"] = str(work / "results")
     settings = preflight(config)
-    fed_cfg = f"num-supernodes={settings.num_clients} client-resources-num-cpus={cpus}"
-    actors = max(1, (os.cpu_count() or 1) // cpus)
-    if one_actor:
-        fed_cfg, actors = f"{fed_cfg} init-args-num-cpus={cpus}", 1
+    fed_cfg, actors = simulation_resources(settings.num_clients, cpus, one_actor)
     say(f"flower: flwr run {app} ({settings.dataset}, {settings.strategy}, {rounds} rounds, {fed_cfg}; "
         f"{actors} concurrent actor(s) on {os.cpu_count()} CPUs) ...")
     port = {**os.environ, **(env or {})}.get("FLWR_LOCAL_SUPERLINK_HTTP_API_PORT", "39091")
