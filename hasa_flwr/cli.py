@@ -45,7 +45,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     outcome = flwr_run(app, config, num_supernodes=settings.num_clients, federation_config=args.federation_config,
                        connection=args.superlink, log=sys.stdout)
     if outcome.results is None:
-        why = outcome.error or f"flwr run exited with code {outcome.returncode} and wrote no results.json"
+        why = outcome.failure
         print(f"hasa: error: {why}", file=sys.stderr)
         return 1
     print(f"results: {outcome.results}")

@@ -368,7 +368,7 @@ def simulation_floor(work: Path, *, rounds: int, num_clients: int, federation_co
         outcome = flwr_run(noop, overrides, num_supernodes=num_clients, federation_config=federation_config,
                            log=log, env=env)
     if outcome.results is None:
-        why = outcome.error or f"flwr run exited with code {outcome.returncode} and wrote no results.json"
+        why = outcome.failure
         raise RunFailed(f"the no-op Flower run failed: {why} (log: {work / 'noop.log'})")
     return [h["seconds"] for h in json.loads(outcome.results.read_text())["history"]]
 
@@ -401,7 +401,7 @@ def overhead(app: Path, *, preset: str | None, rounds: int, sets: dict[str, Any]
                            log=RoundLog(log, sampler), env=env)
     wall = time.perf_counter() - t0
     if outcome.results is None:
-        why = outcome.error or f"flwr run exited with code {outcome.returncode} and wrote no results.json"
+        why = outcome.failure
         raise RunFailed(f"the Flower run failed: {why} (log: {work / 'flwr.log'})")
     res = json.loads(outcome.results.read_text())
     widths = [c["width"] for c in sorted(res["clients"], key=lambda c: c["partition_id"])]

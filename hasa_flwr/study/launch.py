@@ -93,6 +93,11 @@ class RunOutcome:
     error: str | None
     returncode: int
 
+    @property
+    def failure(self) -> str:
+        """Why the run has no results.json: the app's error line, else the CLI's exit code."""
+        return self.error or f"flwr run exited with code {self.returncode} and wrote no results.json"
+
 
 def flwr_run(app_dir: Path, overrides: dict[str, Any], *, num_supernodes: int, federation_config: str = "",
              connection: str | None = None, log=None, env: dict[str, str] | None = None,

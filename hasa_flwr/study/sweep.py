@@ -468,7 +468,7 @@ def run_jobs(out: Path, base: dict[str, Any], jobs: list[Job], runner: Runner, *
         with lock:
             outcome.seconds[job.key] = seconds
             if result.results is None:
-                why = result.error or f"flwr run exited with code {result.returncode} and wrote no results.json"
+                why = result.failure
                 outcome.failed.append((job.key, why))
                 manifest["runs"][job.key] = {"status": "failed", "seconds": round(seconds, 2), "error": why,
                                              "run_id": result.run_id}
