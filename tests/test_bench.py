@@ -42,3 +42,36 @@ def test_one_actor_limits_ray_to_the_actors_cpus():
     assert simulation_resources(7, 1, True) == ("num-supernodes=7 client-resources-num-cpus=1 init-args-num-cpus=1", 1)
     config, actors = simulation_resources(7, 1, False)
     assert config == "num-supernodes=7 client-resources-num-cpus=1" and actors == max(1, os.cpu_count() or 1)
+
+
+def test_cpu_sampler_attributes_cpu_to_the_processes_under_the_superlink():
+    """The sampler finds the SuperLink by its port, walks every process below it and charges each
+    its own CPU seconds: a child that burns ~0.3 s of CPU shows up, under its parent, with about that."""
+    import subprocess
+    import sys
+    import time
+
+    from hasa_flwr.study.bench import FlowerCpuSampler
+    from hasa_flwr.study.processes import alive, descendants, free_port, kill_tree
+
+    port = free_port()
+    child = "import time; t = time.process_time()\nwhile time.process_time() - t < 0.3: pass\ntime.sleep(60)"
+    parent = (f"import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', {child!r}]); time.sleep(60)")
+    # the command line reads like a SuperLink's: "... flower-superlink --port <port>"
+    proc = subprocess.Popen([sys.executable, "-c", parent, "flower-superlink", "--port", str(port)],
+                            start_new_session=True)
+    try:
+        deadline = time.monotonic() + 20
+        with FlowerCpuSampler(str(port), interval=0.1) as sampler:
+            while time.monotonic() < deadline:
+                snap = sampler.snapshot()
+                if len(snap) == 2 and sum(cpu for _, cpu in snap.values()) >= 0.3:
+                    break
+                time.sleep(0.1)
+        assert sampler.root() == proc.pid and set(snap) == set(descendants(proc.pid))
+        assert snap[proc.pid][0] == "superlink"
+        (burner,) = set(snap) - {proc.pid}
+        assert 0.25 <= snap[burner][1] < 5 and snap[proc.pid][1] < 0.25
+    finally:
+        kill_tree(proc.pid)
+    assert not alive(proc.pid)

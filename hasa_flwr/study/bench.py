@@ -42,6 +42,7 @@ import numpy as np
 from hasa_flwr.federation.polling import SIMULATION_PULL_INTERVAL
 from hasa_flwr.study.launch import flwr_run, preflight
 from hasa_flwr.study.noop_app import write_noop_app
+from hasa_flwr.study.processes import all_pids, cmdline, cpu_seconds, descendants, proc_stat
 from hasa_flwr.study.sweep import RunFailed, base_config, hardware
 
 VCE_SCAN_INTERVAL = 0.1  # the simulation engine's scan for new messages (flwr 1.41, hard-coded)
@@ -58,25 +59,6 @@ class PlainTimes:
 
 
 # ----------------------------------------------------------------------------- CPU of Flower's processes
-
-CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-
-
-def _proc_stat(pid: int) -> tuple[int, float] | None:
-    """(parent pid, CPU seconds used) of a live process."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return None
-    return int(fields[1]), (int(fields[11]) + int(fields[12])) / CLK_TCK
-
-
-def _cmdline(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
-    except OSError:
-        return ""
-
 
 def process_kind(cmd: str) -> str:
     """Which part of the simulation a process is, from its command line (Ray sets proctitles;
@@ -108,36 +90,26 @@ class FlowerCpuSampler:
         self._root: int | None = None
 
     def root(self) -> int | None:
-        if self._root is not None and _proc_stat(self._root) is not None:
+        if self._root is not None and proc_stat(self._root) is not None:
             return self._root
-        for entry in Path("/proc").iterdir():
-            if entry.name.isdigit():
-                cmd = _cmdline(int(entry.name))
-                if "flower-superlink" in cmd and f"--port {self.port}" in cmd:
-                    self._root = int(entry.name)
-                    return self._root
+        for pid in all_pids():
+            cmd = cmdline(pid)
+            if "flower-superlink" in cmd and f"--port {self.port}" in cmd:
+                self._root = pid
+                return self._root
         return None
 
     def snapshot(self) -> dict[int, tuple[str, float]]:
         root = self.root()
         if root is None:
             return {}
-        stats = {}
-        for entry in Path("/proc").iterdir():
-            if entry.name.isdigit() and (st := _proc_stat(int(entry.name))) is not None:
-                stats[int(entry.name)] = st
-        children: dict[int, list[int]] = {}
-        for pid, (ppid, _) in stats.items():
-            children.setdefault(ppid, []).append(pid)
-        out, todo = {}, [root]
-        while todo:
-            pid = todo.pop()
-            if pid in stats:
+        out = {}
+        for pid in descendants(root):
+            if (stat := proc_stat(pid)) is not None:
                 if pid not in self._kinds or self._kinds[pid] in ("ray_other_workers", "other"):
-                    self.commands[pid] = _cmdline(pid)  # a Ray worker renames itself once it is an actor
+                    self.commands[pid] = cmdline(pid)  # a Ray worker renames itself once it is an actor
                     self._kinds[pid] = process_kind(self.commands[pid])
-                out[pid] = (self._kinds[pid], stats[pid][1])
-            todo.extend(children.get(pid, []))
+                out[pid] = (self._kinds[pid], cpu_seconds(stat))
         return out
 
     def _loop(self) -> None:

@@ -29,7 +29,7 @@ import numpy as np
 
 from hasa_flwr.study.deployment import deployment, run_app
 from hasa_flwr.study.noop_app import write_noop_app
-from hasa_flwr.study.processes import pids_with_env
+from hasa_flwr.study.processes import cmdline, cpu_seconds, pids_with_env, proc_stat
 from hasa_flwr.federation.results import write_json_atomic
 
 PRESET = {"strategy": "hasa", "embed-dim": 16, "hidden-dim": 32, "budget": 0.4}
@@ -46,25 +46,18 @@ class ProcWatch(threading.Thread):
         self.spans: dict[int, list[float]] = {}
         self.cpu: dict[int, float] = {}
         self.halt = threading.Event()
-        self.tick = os.sysconf("SC_CLK_TCK")
 
     def run(self) -> None:
         while not self.halt.is_set():
             t = time.monotonic()
             for pid in pids_with_env(self.marker):
                 if (span := self.spans.get(pid)) is None:
-                    try:
-                        if self.name.encode() not in Path(f"/proc/{pid}/cmdline").read_bytes():
-                            continue
-                    except OSError:
+                    if self.name not in cmdline(pid):
                         continue
                     span = self.spans[pid] = [t, t]
                 span[1] = t
-                try:
-                    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-                    self.cpu[pid] = (int(fields[11]) + int(fields[12])) / self.tick
-                except (OSError, IndexError, ValueError):
-                    pass
+                if (stat := proc_stat(pid)) is not None:
+                    self.cpu[pid] = cpu_seconds(stat)
             self.halt.wait(self.period)
 
     def summary(self) -> dict[str, float]:

@@ -21,6 +21,7 @@ from pathlib import Path
 
 MARKER = "HASA_MARKER"
 BIN = Path(sys.executable).parent   # flwr, flower-superlink, flower-supernode of this environment
+CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 def free_ports(n: int) -> list[int]:
@@ -43,12 +44,38 @@ def free_port() -> int:
 
 def proc_files(name: str) -> Iterator[tuple[int, list[bytes]]]:
     """(pid, entries of /proc/<pid>/<name>, split at NULs) of every process but this one that we may read."""
-    for proc in Path("/proc").iterdir():
-        if proc.name.isdigit() and int(proc.name) != os.getpid():
+    for pid in all_pids():
+        if pid != os.getpid():
             try:
-                yield int(proc.name), (proc / name).read_bytes().split(b"\0")
+                yield pid, Path(f"/proc/{pid}/{name}").read_bytes().split(b"\0")
             except OSError:
                 continue
+
+
+def proc_stat(pid: int) -> list[str] | None:
+    """Fields of /proc/<pid>/stat after the command name (state, parent pid, ...; utime and stime are
+    [11] and [12]), or None once the process is gone (the name may hold spaces and parentheses)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+
+
+def cpu_seconds(stat: list[str]) -> float:
+    """User + system CPU time of a process, from its ``proc_stat`` fields."""
+    return (int(stat[11]) + int(stat[12])) / CLK_TCK
+
+
+def cmdline(pid: int) -> str:
+    """A process's command line, arguments joined by spaces ("" once it is gone)."""
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+    except OSError:
+        return ""
+
+
+def all_pids() -> list[int]:
+    return [int(e.name) for e in Path("/proc").iterdir() if e.name.isdigit()]
 
 
 def pids_with_env(entry: str) -> list[int]:
@@ -127,25 +154,20 @@ def private_flower(grace: float = 10.0) -> Iterator[dict[str, str]]:
 
 def children_map() -> dict[int, list[int]]:
     out: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            out.setdefault(ppid, []).append(int(entry.name))
+    for pid in all_pids():
+        if (stat := proc_stat(pid)) is not None:
+            out.setdefault(int(stat[1]), []).append(pid)
     return out
 
 
 def session_members(sid: int) -> list[int]:
     pids = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if os.getsid(int(entry.name)) == sid:
-                    pids.append(int(entry.name))
-            except OSError:
-                continue
+    for pid in all_pids():
+        try:
+            if os.getsid(pid) == sid:
+                pids.append(pid)
+        except OSError:
+            continue
     return pids
 
 
@@ -161,11 +183,8 @@ def descendants(pid: int) -> list[int]:
 
 def alive(pid: int) -> bool:
     """Running (a zombie is not)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+    stat = proc_stat(pid)
+    return stat is not None and stat[0] != "Z"
 
 
 def kill_tree(pid: int, timeout: float = 10.0) -> None:
