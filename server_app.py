@@ -11,6 +11,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from hasa_flwr.federation.checkpoint import allocation_record, claim, read_checkpoint, write_checkpoint
 from hasa_flwr.federation.config import settings_from_run_config
+from hasa_flwr.federation.cores import leave_cores_to_clients
 from hasa_flwr.federation.phases import check_resumable, delivery_round, fresh_start, resume_start, roster_record
 from hasa_flwr.federation.polling import prompt
 from hasa_flwr.federation.results import build_results, format_table, results_path, write_json_atomic
@@ -37,6 +38,7 @@ def main(grid: Grid, context: Context) -> None:
 def run(grid: Grid, context: Context) -> None:
     settings = settings_from_run_config(context.run_config)
     grid = prompt(grid, settings.reply_poll)
+    leave_cores_to_clients(grid)
     resumed = read_checkpoint(settings.resume_from) if settings.resume_from else None
     run_dir = Path(settings.resume_from).expanduser().absolute() if resumed else \
         results_path(settings.results_dir, context.run_id).parent

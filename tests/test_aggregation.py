@@ -279,3 +279,44 @@ def test_check_update_rejects_bad_weight(weight):
     u.weight = weight
     with pytest.raises(ValueError, match="weight"):
         check_update(u, state, SPEC, SIZES)
+
+
+# ----------------------------------------------------------------------------- thread count
+
+
+@pytest.mark.parametrize("mode", ["full", "selective"])
+def test_server_tensor_work_is_bit_identical_at_one_thread(mode):
+    """A simulation's ServerApp runs torch on one thread (federation/cores.py) so that its idle
+    OpenMP threads do not spin on the actors' cores: slicing and aggregation (elementwise work) give
+    the same bits at one thread as at several, at the Medium preset's model size."""
+    from hasa_flwr.federation.cores import leave_cores_to_clients
+    from flwr.superlink.grid.inmemory_grid import InMemoryGrid
+
+    model = LSTMLanguageModel(3000, 64, 128)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    spec, sizes = model.slicing_spec(), {"embed": 64, "hidden": 128}
+    g = torch.Generator().manual_seed(2)
+
+    def server_round() -> dict[str, torch.Tensor]:
+        updates = []
+        for client, (width, weight) in enumerate([(0.32, 15150.0), (0.8, 152.0), (0.63, 2200.0)]):
+            idx = select_units("prefix", width, sizes, server_round=1, seed=0, client=client)
+            sub = extract(state, spec, idx, sizes)
+            updates.append(Update(idx, {k: v + torch.randn(v.shape, generator=g) for k, v in sub.items()}, weight))
+        return aggregate(state, updates, spec, sizes, mode)
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(max(2, before))
+        g.manual_seed(2)
+        several = server_round()
+        leave_cores_to_clients(object())               # a deployed grid: torch's default stays
+        assert torch.get_num_threads() == max(2, before)
+        leave_cores_to_clients(InMemoryGrid.__new__(InMemoryGrid))
+        assert torch.get_num_threads() == 1
+        g.manual_seed(2)
+        one = server_round()
+    finally:
+        torch.set_num_threads(before)
+    for name in state:
+        assert torch.equal(several[name], one[name]), name
