@@ -2,9 +2,9 @@
 
 Flower's simulation runs the ServerApp on the machine whose CPUs Ray hands to the actors, and torch
 starts one intra-op thread per core in the ServerApp's process as well. After each parallel region
-(aggregation, slicing, the round's checkpoint) the idle OpenMP threads spin before they sleep: on
-the Medium preset (2 cores) the ServerApp's second torch thread used 0.07 of the simulation
-process's 0.23 CPU-s per round, CPU taken from training. The server's tensor work is elementwise
+(aggregation, slicing, the round's checkpoint) the idle OpenMP threads spin before they sleep, on
+cores the actors train on (benchmarks/overhead/README.md: the simulation process used 0.13 and 0.18
+CPU-s per Medium round at one thread, 0.19 and 0.21 at torch's default). The server's tensor work is elementwise
 (weighted sums, index_put over disjoint positions, slicing), so one thread gives bit-identical
 results. A deployed ServerApp has its machine to itself and keeps torch's default.
 """
