@@ -15,7 +15,7 @@ from pathlib import Path
 from conftest import ROOT
 from flower_procs import simulation_superlink
 
-from hasa_flwr.study.processes import BIN, alive, free_port, kill_tree, pids_with_env
+from hasa_flwr.study.processes import BIN, alive, cmdline, free_port, kill_tree, pids_with_env
 
 from hasa_flwr.study.launch import flwr_run
 
@@ -45,17 +45,10 @@ def test_two_rounds_on_a_local_ray_cluster(tmp_path):
             logs = "".join(p.read_text(errors="replace") for p in (ray_tmp / "session_latest" / "logs").glob("*")
                            if p.is_file() and p.suffix in (".out", ".err"))
             assert "ClientAppActor" in logs
-            raylets = [p for p in pids_with_env(f"RAY_ADDRESS={address}") if "raylet" in _cmd(p)]
+            raylets = [p for p in pids_with_env(f"RAY_ADDRESS={address}") if "raylet" in cmdline(p)]
             assert raylets == []
     finally:
         for pid in pids_with_env(marker):
             if alive(pid):
                 kill_tree(pid)
         shutil.rmtree(ray_tmp, ignore_errors=True)
-
-
-def _cmd(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-    except OSError:
-        return ""

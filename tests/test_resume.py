@@ -7,14 +7,13 @@ import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 
 import pytest
 import torch
 from conftest import ROOT
 from flower_procs import simulation_superlink
 
-from hasa_flwr.study.processes import alive, kill_tree, pids_with_env
+from hasa_flwr.study.processes import alive, cmdline, kill_tree, pids_with_env
 
 from hasa_flwr.method.allocation import Allocation
 from hasa_flwr.federation.checkpoint import (LATEST, ResumeError, allocation_from_record, allocation_record, claim,
@@ -61,11 +60,7 @@ def kill_server(env) -> None:
     now and then; it then aggregated round 3 from the replies that had arrived and checkpointed that,
     which is a different run (seen once in CI)."""
     for pid in pids_with_env(f"FLWR_HOME={env.home}"):
-        try:
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-        except OSError:
-            continue
-        if b"flwr-simulation" in cmdline:
+        if "flwr-simulation" in cmdline(pid):
             os.kill(pid, signal.SIGKILL)
     os.kill(env.pid, signal.SIGKILL)
 
