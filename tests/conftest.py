@@ -24,6 +24,16 @@ def medium_csv() -> Path | None:
     return path if path is not None and path.is_file() else None
 
 
+@pytest.fixture
+def task_identity():
+    """Flower 1.41's Message() reads the run, node and task ids of the process it runs in: give them ones."""
+    from flwr.supercore.task_identity import TaskIdentity
+
+    for attr, value in (("run_id", 1), ("node_id", 0), ("task_id", 1)):
+        if getattr(TaskIdentity, f"_{attr}") is None:
+            setattr(TaskIdentity, attr, value)
+
+
 @pytest.fixture(scope="session")
 def superlink():
     from flower_procs import simulation_superlink

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 
 from conftest import ROOT
@@ -75,3 +76,15 @@ def test_cpu_sampler_attributes_cpu_to_the_processes_under_the_superlink():
     finally:
         kill_tree(proc.pid)
     assert not alive(proc.pid)
+
+
+def test_report_reads_old_overhead_files_and_places_the_clientapps_share():
+    """Committed overhead.json files predate the clients' own timings; newer ones split the round by them."""
+    from hasa_flwr.study.bench import format_report
+
+    old = json.loads((ROOT / "benchmarks/overhead/9efbb48-server-one-thread-try1/overhead.json").read_text())
+    lines = format_report(old)
+    assert lines[2].startswith("overhead ratio: 1.14") and not any("ClientApp's own work" in x for x in lines)
+    new = {**old, "clientapp_round_seconds": [2.1, 1.9, 2.4], "around_clientapp_s": 0.21}
+    line = next(x for x in format_report(new) if "ClientApp's own work" in x)
+    assert "2.100, 1.900, 2.400 s in rounds 2-4" in line and "train + evaluate: 1.821 s" in line and "0.210 s" in line

@@ -1,4 +1,4 @@
-"""`hasa bench deploy`'s parts without a deployment: the prompt grid's reply loop, the no-op app's
+"""`hasa bench deploy`'s parts without a deployment: the prompt grid's reply loop (and the simulation's), the no-op app's
 imports, the compared rounds, the report table and the command's one-line errors. (The no-op app
 runs for real in tests/test_deploy.py.)"""
 
@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import threading
 import time
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 from conftest import ROOT
+from flwr.app import Message, RecordDict
 from flwr.superlink.grid.inmemory_grid import InMemoryGrid
 
 from hasa_flwr.study.deploy_bench import compared, markdown, ratio_interval
@@ -62,11 +64,54 @@ def test_prompt_grid_returns_what_came_before_the_timeout():
     assert time.monotonic() - start < 1.0   # the last sleep is cut to the timeout
 
 
-def test_simulation_grid_keeps_its_type_and_checks_every_10_ms():
-    grid = InMemoryGrid.__new__(InMemoryGrid)   # the type is what matters; no state needed
-    grid.pull_interval = 0.1                    # Flower's default
-    assert prompt(grid, 0.2) is grid and grid.pull_interval == 0.01
-    assert isinstance(prompt(object.__new__(PromptGrid), 0.2), PromptGrid)
+class EngineState:
+    """The in-memory state as the simulation engine uses it: each pushed message's reply is stored by
+    another thread ``delays`` s after the push (None: never)."""
+
+    def __init__(self, delays: list[float | None]) -> None:
+        self.delays, self.stored, self.pulls = list(delays), {}, 0
+
+    def store_message_ins(self, msg):
+        delay = self.delays.pop(0)
+        if delay is not None:
+            threading.Timer(delay, lambda: self.store_message_res(Message(RecordDict(), reply_to=msg))).start()
+        return msg.metadata.message_id
+
+    def store_message_res(self, reply):
+        self.stored[reply.metadata.reply_to_message_id] = reply
+
+    def get_message_res(self, message_ids, run_id):
+        self.pulls += 1
+        return [self.stored.pop(i) for i in list(self.stored) if i in message_ids]
+
+    def delete_messages(self, message_ins_ids):
+        pass
+
+
+def engine_grid(delays: list[float | None]) -> InMemoryGrid:
+    grid = InMemoryGrid.__new__(InMemoryGrid)
+    grid.state, grid.pull_interval, grid._run = EngineState(delays), 0.1, SimpleNamespace(run_id=1)
+    return grid
+
+
+def flower_messages(n: int) -> list[Message]:
+    return [Message(RecordDict(), dst_node_id=i + 1, message_type="train") for i in range(n)]
+
+
+def test_simulation_grid_keeps_its_type_and_is_woken_by_each_stored_reply(task_identity):
+    grid = prompt(engine_grid([0.05, 0.2, 0.4]), 0.2)
+    assert isinstance(grid, InMemoryGrid) and prompt(grid, 0.2) is grid   # phases tell simulation by the type
+    grid.pull_interval = 60.0   # the safety net's check must not be what finds the replies
+    start = time.monotonic()
+    replies = grid.send_and_receive(flower_messages(3), timeout=30)
+    assert len(replies) == 3 and time.monotonic() - start < 30
+    assert grid.state.pulls <= 4   # the first pull, then one per stored reply (two may land together)
+
+
+def test_simulation_grid_returns_what_came_before_the_timeout(task_identity):
+    grid = prompt(engine_grid([0.05, None]), 0.2)
+    replies = grid.send_and_receive(flower_messages(2), timeout=0.5)
+    assert len(replies) == 1 and grid.state.pulls <= 3
 
 
 def test_noop_app_imports_only_flower(tmp_path):

@@ -42,6 +42,8 @@ def check_results(path, num_clients=7, rounds=2):
         assert 0.0 <= c["accuracy"] <= c["top3"] <= 1.0
         assert c["full_width_accuracy"] is not None and c["n_train"] > 0 and c["n_test"] > 0
     assert [h["round"] for h in res["history"]] == list(range(1, rounds + 1))
+    for h in res["history"]:  # each trained client's own report of its train message's seconds
+        assert sorted(map(int, h["client_seconds"])) == h["trained"] and all(s > 0 for s in h["client_seconds"].values())
     assert res["summary"]["worst"] <= res["summary"]["tail"] <= res["summary"]["mean"]
     assert res["history"][-1]["mean"] == pytest.approx(res["summary"]["mean"])
     return res

@@ -4,7 +4,6 @@ simulation actors (or devices) the arrival order varies, and float sums depend o
 import numpy as np
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
-from flwr.supercore.task_identity import TaskIdentity
 
 from hasa_flwr.federation.strategy import ClientInfo, HasaStrategy
 from hasa_flwr.method.models import LSTMLanguageModel
@@ -30,10 +29,7 @@ def replies(strat: HasaStrategy, state: dict[str, torch.Tensor]) -> list[Message
     return out
 
 
-def test_the_average_is_bit_identical_for_every_arrival_order():
-    for attr, value in (("run_id", 1), ("node_id", 0), ("task_id", 1)):
-        if getattr(TaskIdentity, f"_{attr}") is None:
-            setattr(TaskIdentity, attr, value)
+def test_the_average_is_bit_identical_for_every_arrival_order(task_identity):
     torch.manual_seed(0)
     state = LSTMLanguageModel(40, SIZES["embed"], SIZES["hidden"]).state_dict()
     for aggregation in ("full", "selective"):

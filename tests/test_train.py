@@ -321,7 +321,7 @@ def test_evaluate_top3_with_fewer_than_three_classes():
     assert r["accuracy"] == 0.5 and r["top3"] == 1.0
 
 
-def test_a_device_refuses_a_model_wider_than_its_cap():
+def test_a_device_refuses_a_model_wider_than_its_cap(task_identity):
     """The client checks every message's width against its own max-width before building anything."""
     from flwr.app import ConfigRecord, Context, Message, RecordDict
 
@@ -331,11 +331,6 @@ def test_a_device_refuses_a_model_wider_than_its_cap():
 
     ctx = Context(run_id=1, node_id=1, node_config={"partition-id": 0, "num-partitions": 7, "max-width": 0.3},
                   state=RecordDict(), run_config=app_defaults(ROOT))
-    from flwr.supercore.task_identity import TaskIdentity
-
-    for attr, value in (("run_id", 1), ("node_id", 0), ("task_id", 1)):
-        if getattr(TaskIdentity, f"_{attr}") is None:
-            setattr(TaskIdentity, attr, value)
     msg = Message(RecordDict({"config": ConfigRecord({"width": 0.5, "ordered": False, "train-seed": 1})}),
                   dst_node_id=1, message_type="train")
     with pytest.raises(ValueError, match="max-width is 0.3 but the server sent a width-0.5 model"):

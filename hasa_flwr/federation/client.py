@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 import zlib
 from pathlib import Path
 
@@ -263,6 +264,7 @@ def query_loss(msg: Message, context: Context) -> Message:
 
 
 def train_subnet(msg: Message, context: Context) -> Message:
+    start = time.perf_counter()  # the device's share of the round, reported so a slow round can be placed
     settings, data, num_classes = _data_for(msg, context)
     cfg = msg.content["config"]
     width, shape = float(cfg["width"]), input_shape(settings, data)
@@ -278,7 +280,8 @@ def train_subnet(msg: Message, context: Context) -> Message:
     loss = train(model, data.x_train, data.y_train, epochs=settings.local_epochs, batch_size=settings.batch_size,
                  lr=settings.lr, optimizer=settings.optimizer, momentum=settings.momentum,
                  seed=int(cfg["train-seed"]), ordered=ordered, device=device)
-    metrics = MetricRecord({"num-examples": data.n_train, "train-loss": loss, **evaluated})
+    metrics = MetricRecord({"num-examples": data.n_train, "train-loss": loss, **evaluated,
+                            "seconds": time.perf_counter() - start})
     return Message(RecordDict({"arrays": ArrayRecord(model.to("cpu").state_dict()), "metrics": metrics}),
                    reply_to=msg)
 

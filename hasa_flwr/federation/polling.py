@@ -4,13 +4,19 @@
 every exchange of a deployed run waits up to 3 s (1.5 s on average) after the last reply arrived;
 the simulation engine's grid checks every 0.1 s. `PromptGrid` wraps the deployed grid and pulls at
 the run config's `reply-poll` interval instead; everything else is the wrapped grid's own code, so
-the strategy, SecAgg+ and the phases use it unchanged. The simulation's grid keeps its type and
-checks every 0.01 s (its `pull_interval`): its replies are in the same process's memory.
+the strategy, SecAgg+ and the phases use it unchanged.
+
+In simulation the replies are stored in this process's memory, by the engine's thread, so the
+ServerApp need not poll at all: `WakingGrid` (still an `InMemoryGrid`: phases tell simulation from
+deployment by the type) sleeps until the state stores a reply. Checking every 0.01 s instead woke
+this process ~100 times a second, each time taking a core from the training actor for a moment;
+with every core training, the actor's rounds were ~0.1 s slower (benchmarks/overhead/README.md).
 """
 
 from __future__ import annotations
 
 import math
+import threading
 import time
 from collections.abc import Iterable
 
@@ -19,7 +25,7 @@ from flwr.supercore.run import Run
 from flwr.serverapp import Grid
 from flwr.superlink.grid.inmemory_grid import InMemoryGrid
 
-SIMULATION_PULL_INTERVAL = 0.01  # a check is a lock and a lookup in this process: ~free (Flower's default: 0.1 s)
+SIMULATION_PULL_INTERVAL = 1.0  # simulation: the longest sleep between checks when no reply is stored (a safety net)
 
 
 class PromptGrid(Grid):
@@ -66,10 +72,54 @@ class PromptGrid(Grid):
         return replies
 
 
+class WakingGrid(InMemoryGrid):
+    """The simulation engine's grid, woken by every reply the engine stores instead of checking on a timer.
+
+    Wraps the shared in-memory state's `store_message_res` (the one call through which the engine's
+    thread stores replies, errors included) to count stored replies and wake waiters. A check also
+    happens at least every `pull_interval` s, for what the state itself creates when it is pulled
+    (replies to expired messages)."""
+
+    @classmethod
+    def around(cls, grid: InMemoryGrid) -> WakingGrid:
+        woken = cls.__new__(cls)
+        woken.__dict__.update(grid.__dict__)  # same state, run and settings
+        woken._stored, woken._bell = 0, threading.Condition()
+        store = woken.state.store_message_res
+
+        def store_and_ring(message: Message):
+            out = store(message)
+            with woken._bell:
+                woken._stored += 1
+                woken._bell.notify_all()
+            return out
+
+        woken.state.store_message_res = store_and_ring
+        woken.pull_interval = SIMULATION_PULL_INTERVAL
+        return woken
+
+    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
+        """Push, then pull whenever a reply was stored, until every reply is in or ``timeout``."""
+        waiting = set(self.push_messages(messages))
+        end = None if timeout is None else time.monotonic() + timeout
+        replies: list[Message] = []
+        while True:
+            with self._bell:
+                seen = self._stored
+            pulled = list(self.pull_messages(waiting))
+            replies += pulled
+            waiting -= {m.metadata.reply_to_message_id for m in pulled}
+            left = math.inf if end is None else end - time.monotonic()
+            if not waiting or left <= 0:
+                return replies
+            with self._bell:
+                self._bell.wait_for(lambda: self._stored != seen, timeout=min(self.pull_interval, left))
+
+
 def prompt(grid: Grid, interval: float) -> Grid:
-    """The grid a run uses: deployed grids poll every ``interval`` s; the simulation's keeps its type (phases tell
-    simulation from deployment by it) and polls every SIMULATION_PULL_INTERVAL s."""
-    if isinstance(grid, InMemoryGrid):
-        grid.pull_interval = min(grid.pull_interval, SIMULATION_PULL_INTERVAL)
+    """The grid a run uses: deployed grids poll every ``interval`` s; the simulation's is woken by each reply."""
+    if isinstance(grid, WakingGrid):
         return grid
+    if isinstance(grid, InMemoryGrid):
+        return WakingGrid.around(grid)
     return PromptGrid(grid, interval)

@@ -32,7 +32,8 @@ def privacy(settings: Settings, vocab_source: str | None, secure: list[dict] | N
         seen.append("training_word_total")  # the bound on its counts for the secure sum
     if settings.source.kind == "image":
         seen += ["input_shape", "class_names_hash"]  # the query round: the CNN's shape, the class-list check
-    seen += ["trained_subnet_parameters", "test_accuracy", "test_top3", "test_loss", "majority_accuracy", "train_loss"]
+    seen += ["trained_subnet_parameters", "test_accuracy", "test_top3", "test_loss", "majority_accuracy", "train_loss",
+             "train_message_seconds"]
     pooled = {"vocab": "word_counts_of_public_candidates", "labels": "label_histogram"}
     received = ["supernet_prefix_or_subset_at_own_width", "allocated_width", "run_config"]
     if vocab_source:

@@ -255,6 +255,7 @@ class HasaStrategy(Strategy):
         self.offset = 0  # rounds done before this start() (a resumed run): Flower counts from 1 again
         self._server_seconds: dict[int, float] = {}  # slicing + checking + aggregation, per round
         self._bytes: dict[int, int] = {}             # model arrays sent and received, per round
+        self._client_seconds: dict[int, dict[str, float]] = {}  # round -> client -> its train message's seconds
         # what each client is evaluated on (and deploys); under `own` also what it trains every round
         self.deployed = deployed_units(extraction, {c.partition_id: c.width for c in clients}, sizes)
 
@@ -264,7 +265,7 @@ class HasaStrategy(Strategy):
             log(INFO, "\t│\tclient %d (%s): n=%d width=%.3f", c.partition_id, c.name, c.n_train, c.width)
 
     # per-round counters a checkpoint keeps (JSON object keys are strings: rounds go back to int)
-    ROUND_MAPS = ("_losses", "_train_seconds", "_trained", "_server_seconds", "_bytes")
+    ROUND_MAPS = ("_losses", "_train_seconds", "_trained", "_server_seconds", "_bytes", "_client_seconds")
 
     def progress(self) -> dict[str, object]:
         """What a checkpoint keeps of this strategy (see checkpoint.py)."""
@@ -277,8 +278,8 @@ class HasaStrategy(Strategy):
         self.offset = done_rounds
         self.history, self.rejected = list(progress["history"]), list(progress["rejected"])
         self.exchanges, self._train_loss = dict(progress["exchanges"]), float(progress["train_loss"])
-        for name in self.ROUND_MAPS:
-            setattr(self, name, {int(k): v for k, v in progress[name[1:]].items()})
+        for name in self.ROUND_MAPS:  # (checkpoints from before client_seconds lack it)
+            setattr(self, name, {int(k): v for k, v in progress.get(name[1:], {}).items()})
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
@@ -358,6 +359,9 @@ class HasaStrategy(Strategy):
             updates.append(update)
             losses.append((update.weight, float(metrics["train-loss"])))
             self._trained.setdefault(server_round, []).append(self.clients[node].partition_id)
+            if "seconds" in metrics:
+                self._client_seconds.setdefault(server_round, {})[str(self.clients[node].partition_id)] = \
+                    float(metrics["seconds"])
         if self.min_train_clients and len(updates) < self.min_train_clients:
             raise FederationError(f"round {server_round}: {len(updates)} of {len(self.outbox)} sampled clients sent a "
                                   f"valid update within {self.deadline:g}s, fewer than min-train-clients="
@@ -425,7 +429,7 @@ class HasaStrategy(Strategy):
                **summarize(accs), "clients": len(accs), "trained": sorted(self._trained.get(server_round, [])),
                "accuracies": {str(c.partition_id): c.metrics.get("accuracy") for c in self.clients.values()},
                "seconds": seconds, "server_seconds": self._server_seconds.get(server_round, math.nan),
-               "bytes": self._bytes.get(server_round, 0)}
+               "bytes": self._bytes.get(server_round, 0), "client_seconds": self._client_seconds.get(server_round, {})}
         self.history.append(row)
         log(INFO, "round %d: mean accuracy %.4f, worst %.4f (%d clients)", server_round, row["mean"],
             row["worst"], len(accs))

@@ -39,7 +39,6 @@ from typing import Any
 
 import numpy as np
 
-from hasa_flwr.federation.polling import SIMULATION_PULL_INTERVAL
 from hasa_flwr.study.launch import flwr_run, preflight
 from hasa_flwr.study.noop_app import write_noop_app
 from hasa_flwr.study.processes import all_pids, cmdline, cpu_seconds, descendants, proc_stat
@@ -334,7 +333,7 @@ def simulation_floor(work: Path, *, rounds: int, num_clients: int, federation_co
                      env: dict[str, str] | None = None) -> list[float]:
     """Seconds of each round of the no-op app in simulation: Flower's own cost of a round, no training."""
     noop = write_noop_app(work / "noop")
-    overrides = {"num-server-rounds": rounds, "num-clients": num_clients, "reply-poll": SIMULATION_PULL_INTERVAL,
+    overrides = {"num-server-rounds": rounds, "num-clients": num_clients,
                  "results-dir": str(work / "noop-results")}
     with (work / "noop.log").open("w") as log:
         outcome = flwr_run(noop, overrides, num_supernodes=num_clients, federation_config=federation_config,
@@ -382,6 +381,8 @@ def overhead(app: Path, *, preset: str | None, rounds: int, sets: dict[str, Any]
     steady = timed[:-1] if len(timed) > 1 else timed
     flower_by_round = {h["round"]: h["seconds"] for h in res["history"]}
     flower_rounds = [flower_by_round[r] for r in timed]
+    # one actor takes the clients in turn: the sum of their own reports is the ClientApp's share of the round
+    in_clients = {h["round"]: sum(h.get("client_seconds", {}).values()) for h in res["history"]} if actors == 1 else {}
     say(f"floor: the no-op app, same federation ({settings.num_clients} clients, {rounds} rounds) ...")
     floor_rounds = simulation_floor(work, rounds=rounds, num_clients=settings.num_clients,
                                     federation_config=fed_cfg, env=env)
@@ -417,6 +418,9 @@ def overhead(app: Path, *, preset: str | None, rounds: int, sets: dict[str, Any]
         "load_average": list(os.getloadavg()),
         "flower_round_seconds": flower_rounds, "flower_best_round_s": flower_s,
         "flower_mean_round_s": float(np.mean(flower_rounds)),
+        "clientapp_round_seconds": [in_clients[r] for r in timed] if in_clients else None,
+        "around_clientapp_s": float(np.median([flower_by_round[r] - in_clients[r] for r in steady]))
+        if in_clients else None,
         "flower_run_wall_s": wall, "flower_startup_and_teardown_s": wall - sum(h["seconds"] for h in res["history"]),
         "plain_round_seconds": [[q.rounds[r - 1] for r in timed] for q in plains], "plain_best_round_s": plain_s,
         "plain_mean_round_s": plain_mean, "plain_cpu_utilisation": plain_cores / threads,
@@ -428,7 +432,7 @@ def overhead(app: Path, *, preset: str | None, rounds: int, sets: dict[str, Any]
         "ratio_above_floor": (flower_s - floor_s) / plain_s,
         "in_process_s": {"array_record_conversions": costs["records_s"], "ray_pickling": costs["pickle_s"],
                          "clientapp_setup": costs["setup_s"]},
-        "polling_expected_s": VCE_SCAN_INTERVAL + SIMULATION_PULL_INTERVAL,
+        "polling_expected_s": VCE_SCAN_INTERVAL,  # the replies wake the ServerApp (WakingGrid): no polling of ours
         "bytes_per_round": {"to_clients": costs["bytes_to_clients"], "from_clients": costs["bytes_from_clients"]},
         "cpu_window_round_s": window_s, "flower_cpu_s_per_round": flower_cpu, "plain_cpu_s_per_round": plain_cpu,
         "plain_cores_used": plain_cores, "actor_busy_s_per_round": actor_busy,
@@ -458,6 +462,12 @@ def format_report(r: dict[str, Any]) -> list[str]:
         lines.append(f"Flower's floor: an empty round (no-op ClientApp, same federation) {r['floor_best_round_s']:.3f} s; "
                      f"ratio above the floor {r['ratio_above_floor']:.2f} (Flower round minus empty round, over the "
                      "plain round)")
+    if r.get("clientapp_round_seconds"):  # overhead.json files from before client_seconds lack it
+        lines.append(f"the ClientApp's own work (the clients' reports, in turn on one actor): "
+                     f"{', '.join(f'{s:.3f}' for s in r['clientapp_round_seconds'])} s in rounds "
+                     f"{r['timed_rounds'][0]}-{r['timed_rounds'][-1]} (plain loop's train + evaluate: "
+                     f"{p['train'] + p['evaluate']:.3f} s); around it (dispatch, the engine's scan, slicing, "
+                     f"aggregation): {r['around_clientapp_s']:.3f} s per round (median)")
     if cpu and r["actor_busy_s_per_round"] is not None:
         others = {k: v for k, v in cpu.items() if k != "clientapp_actor"}
         busy = r["actor_busy_s_per_round"]
@@ -469,7 +479,7 @@ def format_report(r: dict[str, Any]) -> list[str]:
             f"{r['plain_cores_used']:.2f} cores",
             f"  so {win - busy:+.3f} s per round the actor waited or was slowed: message dispatch through the "
             f"SuperLink state and Ray, polling ({r['polling_expected_s']:.2f} s at most: Flower's {VCE_SCAN_INTERVAL:g} s "
-            f"scan to dispatch, our {SIMULATION_PULL_INTERVAL:g} s check for the replies), and CPU taken by Flower's "
+            "scan to dispatch; each stored reply wakes the ServerApp), and CPU taken by Flower's "
             "other processes:",
             "    " + ", ".join(f"{k} {v:.2f}" for k, v in others.items() if v >= 0.005)
             + f" CPU s (total {sum(others.values()):.2f} on {r['hardware']['cpu_count']} cores)",
