@@ -65,6 +65,9 @@ def check_results(path, caps=CAPS, rounds=2) -> dict:
     assert abs(used - b["B"]) <= 1e-6 and abs(b["used"] - b["B"]) <= 1e-6
     assert [h["round"] for h in res["history"]] == list(range(1, rounds + 1))
     assert all(h["seconds"] > 0 for h in res["history"])
+    for h in res["history"]:  # each device's own timing of its train message, within the server's round
+        assert sorted(map(int, h["client_seconds"])) == h["trained"]
+        assert all(0 < s < h["seconds"] for s in h["client_seconds"].values())
     # the weakest device is held at its cap: without it HASA would give it more (it ranks above client 0)
     assert clients[-1]["width"] == pytest.approx(caps[-1])
     return res
