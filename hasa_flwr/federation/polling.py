@@ -9,9 +9,9 @@ the strategy, SecAgg+ and the phases use it unchanged.
 In simulation the replies are stored in this process's memory, by the engine's thread, so the
 ServerApp need not poll at all: `WakingGrid` (still an `InMemoryGrid`: phases tell simulation from
 deployment by the type) sleeps until the state stores a reply. Checking every 0.01 s instead woke
-this process ~100 times a second on the cores the actors train on; woken, it used less CPU in every
-pair of an A/B and the time around the ClientApp fell from 0.242 to 0.211 s per Medium round
-(median of three; benchmarks/overhead/README.md), with no wait after the last reply.
+this process ~100 times a second on the cores the actors train on; woken, it used less CPU in each
+of six A/B pairs (0.148 vs 0.175 CPU-s per Medium round, median; the round time did not measurably
+change: benchmarks/overhead/README.md), and nothing waits on a timer after the last reply.
 """
 
 from __future__ import annotations
