@@ -1,6 +1,6 @@
-"""`hasa bench deploy`'s parts without a deployment: the prompt grid's reply loop (and the simulation's), the no-op app's
-imports, the compared rounds, the report table and the command's one-line errors. (The no-op app
-runs for real in tests/test_deploy.py.)"""
+"""`hasa bench deploy`'s parts without a deployment: the prompt grid's reply loop (and the
+simulation's), the no-op app's imports, the compared rounds, the report table and the command's
+one-line errors. (The no-op app runs for real in tests/test_deploy.py.)"""
 
 from __future__ import annotations
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from flwr.app import Message
 from flwr.supercore.run import Run
@@ -58,19 +58,8 @@ class PromptGrid(Grid):
         return self.grid.pull_messages(message_ids)
 
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
-        """HttpGrid's loop (push, then pull until every reply is in or ``timeout``), at our interval."""
-        waiting = set(self.push_messages(messages))
-        end = None if timeout is None else time.monotonic() + timeout
-        replies: list[Message] = []
-        while True:  # a last pull at the deadline, where HttpGrid's loop ends on its sleep
-            pulled = list(self.pull_messages(waiting))
-            replies += pulled
-            waiting -= {m.metadata.reply_to_message_id for m in pulled}
-            left = math.inf if end is None else end - time.monotonic()
-            if not waiting or left <= 0:
-                break
-            time.sleep(min(self.interval, left))
-        return replies
+        """HttpGrid's loop, at our interval."""
+        return pull_until_answered(self, messages, timeout, lambda left, _: time.sleep(min(self.interval, left)))
 
 
 class WakingGrid(InMemoryGrid):
@@ -99,22 +88,38 @@ class WakingGrid(InMemoryGrid):
         woken.pull_interval = SIMULATION_PULL_INTERVAL
         return woken
 
+    def stored(self) -> int:
+        with self._bell:
+            return self._stored
+
+    def nap(self, left: float, stored_before_pull: int) -> None:
+        """Until a reply is stored after that pull (at most `pull_interval` s)."""
+        with self._bell:
+            self._bell.wait_for(lambda: self._stored != stored_before_pull, timeout=min(self.pull_interval, left))
+
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
-        """Push, then pull whenever a reply was stored, until every reply is in or ``timeout``."""
-        waiting = set(self.push_messages(messages))
-        end = None if timeout is None else time.monotonic() + timeout
-        replies: list[Message] = []
-        while True:
-            with self._bell:
-                seen = self._stored
-            pulled = list(self.pull_messages(waiting))
-            replies += pulled
-            waiting -= {m.metadata.reply_to_message_id for m in pulled}
-            left = math.inf if end is None else end - time.monotonic()
-            if not waiting or left <= 0:
-                return replies
-            with self._bell:
-                self._bell.wait_for(lambda: self._stored != seen, timeout=min(self.pull_interval, left))
+        """Pull whenever a reply was stored (at least every `pull_interval` s)."""
+        return pull_until_answered(self, messages, timeout, self.nap, self.stored)
+
+
+def pull_until_answered(grid: Grid, messages: Iterable[Message], timeout: float | None,
+                        nap: Callable[[float, int], None], mark: Callable[[], int] = lambda: 0) -> list[Message]:
+    """HttpGrid's loop: push, then pull until every reply is in or ``timeout``, with a last pull at the
+    deadline (where HttpGrid's loop ends on its sleep). Between pulls ``nap(seconds left, mark)``, where
+    ``mark()`` was read just before the pull: a grid woken by replies waits for any stored after it
+    (a local, so concurrent calls each keep their own)."""
+    waiting = set(grid.push_messages(messages))
+    end = None if timeout is None else time.monotonic() + timeout
+    replies: list[Message] = []
+    while True:
+        before = mark()
+        pulled = list(grid.pull_messages(waiting))
+        replies += pulled
+        waiting -= {m.metadata.reply_to_message_id for m in pulled}
+        left = math.inf if end is None else end - time.monotonic()
+        if not waiting or left <= 0:
+            return replies
+        nap(left, before)
 
 
 def prompt(grid: Grid, interval: float) -> Grid:
