@@ -9,7 +9,7 @@ from flwr.app import ArrayRecord, Context
 from flwr.common import log
 from flwr.serverapp import Grid, ServerApp
 
-from hasa_flwr.federation.checkpoint import allocation_record, claim, read_checkpoint, write_checkpoint
+from hasa_flwr.federation.checkpoint import allocation_record, claim, read_checkpoint, release, write_checkpoint
 from hasa_flwr.federation.config import settings_from_run_config
 from hasa_flwr.federation.cores import leave_cores_to_clients
 from hasa_flwr.federation.phases import check_resumable, delivery_round, fresh_start, resume_start, roster_record
@@ -82,7 +82,8 @@ def run(grid: Grid, context: Context) -> None:
                             train_config=start.config, evaluate_config=start.config, evaluate_fn=checkpoint)
 
     path = run_dir / "results.json"
-    final = result.arrays.to_torch_state_dict()
+    # Flower sets result.arrays only when a round ran; a run resumed from its final checkpoint has none left
+    final = (result.arrays if len(result.arrays) else start.initial).to_torch_state_dict()
     results = build_results(settings, clients, allocation, strategy.history, strategy.rejected, run_id=first_run_id,
                             vocab=vocab, vocab_source=start.vocab_source, secure=start.secure)
     results.update(exchanges=strategy.exchanges, dropped=start.dropped, resumes=resumes)
@@ -91,6 +92,7 @@ def run(grid: Grid, context: Context) -> None:
                                  input_shape=input_shape, vocab=vocab, clients=roster, run_id=first_run_id)
         results["model"] = {"supernet": str(models), "clients": str(run_dir / CLIENTS)}
     results.setdefault("model", {})["delivered"] = delivery_round(grid, settings, clients, final, model, num_classes,
-                                                                  input_shape, vocab, roster, context.run_id)
+                                                                  input_shape, vocab, roster, first_run_id)
     write_json_atomic(path, results)  # last: a results.json means the run and its models are complete
+    release(run_dir)
     log(INFO, "\n%s\nresults: %s", format_table(results), path)

@@ -18,12 +18,12 @@ JOBS_HELP = ("runs at once, each on its own Ray with 1/N of the cores, i.e. 1/N 
 
 
 def parse_overrides(items: list[str]) -> dict:
-    """`--run-config` values: a preset .toml file and/or `key=value` pairs (TOML values)."""
-    from flwr.common.config import parse_config_args
+    """`--run-config` values: a preset .toml file and/or `key=value` pairs (TOML values, or strings)."""
+    from hasa_flwr.study.sweep import parse_pairs
 
     out: dict = {}
     for item in items:
-        out.update(read_preset(item) if item.endswith(".toml") else parse_config_args([item]))
+        out.update(read_preset(item) if item.endswith(".toml") else parse_pairs(item, "--run-config"))
     return out
 
 
@@ -207,10 +207,7 @@ def cmd_bench_scale(args: argparse.Namespace) -> int:
     from hasa_flwr.study.scale_bench import bench_scale
     from hasa_flwr.study.sweep import parse_sets
 
-    clients = [int(v) for v in args.clients.split(",") if v]
-    if not clients or min(clients) < 2:
-        raise ValueError(f"--clients must list federation sizes >= 2, got {args.clients!r}")
-    bench_scale(Path(args.app), clients, rounds=args.rounds, fraction=args.fraction, sets=parse_sets(args.set),
+    bench_scale(Path(args.app), args.clients, rounds=args.rounds, fraction=args.fraction, sets=parse_sets(args.set),
                 out=Path(args.out))
     print((Path(args.out) / "scale.md").read_text(), end="")
     return 0
@@ -341,6 +338,17 @@ def positive_int(text: str) -> int:
     return value
 
 
+def federation_sizes(text: str) -> list[int]:
+    """`--clients 10,100`: argparse then names the option in the error."""
+    try:
+        sizes = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        sizes = []
+    if not sizes or min(sizes) < 2:
+        raise argparse.ArgumentTypeError(f"expected comma-separated federation sizes >= 2, e.g. 10,100, got {text!r}")
+    return sizes
+
+
 def positive_seconds(text: str) -> float:
     try:
         value = float(text)
@@ -419,7 +427,7 @@ def build_parser() -> argparse.ArgumentParser:
     ca.add_argument("--from", dest="source", default="wordfreq", choices=("wordfreq", "synthetic"),
                     help="wordfreq: the most frequent English words (pip install wordfreq); synthetic: the built-in "
                          "synthetic language")
-    ca.add_argument("--top", type=int, default=50000, help="how many words (default 50000)")
+    ca.add_argument("--top", type=positive_int, default=50000, help="how many words (default 50000)")
     ca.set_defaults(func=cmd_candidates)
 
     gr = sub.add_parser("grid", help="a research map: every cell of a grid file x its arms x seeds (resumable)",
@@ -511,7 +519,8 @@ def build_parser() -> argparse.ArgumentParser:
     se.set_defaults(func=cmd_bench_secure)
     sc = bsub.add_parser("scale", help="rounds with M clients at fraction-train f in simulation: seconds, server "
                                        "seconds, bytes, peak RSS of all processes; allocation of 10^6 clients")
-    sc.add_argument("--clients", default="10,100,300,1000", help="federation sizes (default 10,100,300,1000)")
+    sc.add_argument("--clients", type=federation_sizes, default="10,100,300,1000",
+                    help="federation sizes (default 10,100,300,1000)")
     sc.add_argument("--rounds", type=int, default=3, help="rounds per run (default 3)")
     sc.add_argument("--fraction", type=float, default=0.1, help="fraction-train (default 0.1)")
     sc.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="run-config override")

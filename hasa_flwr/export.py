@@ -13,11 +13,8 @@ import contextlib
 import copy
 import io
 import json
-import os
-import tempfile
 import time
 import warnings
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -26,6 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from hasa_flwr.data.atomic import atomic_path
 from hasa_flwr.method.model_files import SavedModel, load_model
 
 if TYPE_CHECKING:
@@ -241,20 +239,6 @@ def max_difference(model: nn.Module, run, x: torch.Tensor) -> float:
             return float("inf")
         worst = max(worst, float(np.abs(got - ref).max()))
     return worst if np.isfinite(worst) else float("inf")
-
-
-@contextlib.contextmanager
-def atomic_path(out: Path) -> Iterator[Path]:
-    """A temporary path beside ``out``, renamed to ``out`` if the block succeeds, else removed."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=out.suffix or ".tmp")
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def save_onnx(sel: Selected, tmp: Path, x: torch.Tensor) -> float:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -235,6 +237,13 @@ SC, SZ = np.array([0.1, 0.2, 0.3]), np.array([10, 20, 30])
 def test_budget_below_width_min():
     with pytest.raises(ValueError, match="budget"):
         allocate("hasa", SC, SZ, budget=0.1, w_min=0.2)
+
+
+def test_budget_that_is_not_a_width():
+    """NaN compares False both ways, so it once passed every check and failed later inside Brent."""
+    for budget in (math.nan, 0.0, -0.5, 1.5):
+        with pytest.raises(ValueError, match=r"^budget .* is outside \(0, 1\]"):
+            allocate("hasa", SC, SZ, budget=budget, w_min=0.2)
 
 
 def test_budget_above_caps():

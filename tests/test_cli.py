@@ -43,6 +43,8 @@ def test_console_script_exit_code(tmp_path):
     ("strategy='fedavgx'", ["unknown strategy 'fedavgx'", "fedrolex"]),
     ("budget=0.1", ["budget 0.1 is below width-min", "raise budget"]),
     ("budget=0.85", ["budget 0.85 exceeds", "width-cap"]),
+    ("budget=nan", ["budget nan is outside (0, 1]"]),
+    ("momentum=-0.5", ["momentum must be 0 or a positive number, got -0.5"]),
     ("width-cap='0.8,0.5'", ["width-cap lists 2 finite values for 7 clients"]),
     ("dataset='text' client-column='publication' data-path='/nonexistent/medium.csv'",
      ["/nonexistent/medium.csv not found", "HASA_DATA_DIR"]),
@@ -53,6 +55,11 @@ def test_console_script_exit_code(tmp_path):
     ("score='given' score-values='0.1,0.2'", ["score-values lists 2 finite values for 7 clients"]),
     ("score='given' score-values='1,2,3,4,5,6,nan'", ["score-values lists 7 finite values", "comma-separated"]),
     ("score-values='1,2,3,4,5,6,7'", ["only read with score='given'"]),
+    ("strategy=fedavgx", ["unknown strategy 'fedavgx'"]),  # unquoted: a string, as with --set
+    ("budget=abc", ["run-config key budget must be a number, got 'abc'"]),
+    ("num-clients=3.5", ["run-config key num-clients must be a whole number, got 3.5"]),
+    ("scaler=False", ["run-config key scaler must be true or false, got 'False'"]),
+    ("lr", ["--run-config 'lr' is not key=value pairs", "strategy='hasa'"]),
 ])
 def test_bad_input_one_line_exit_2_no_output(tmp_path, capsys, override, words):
     code, err = hasa(tmp_path, capsys, override)
@@ -165,3 +172,77 @@ def test_a_local_superlink_from_another_environment_is_refused(tmp_path, capsys,
             if proc is not None:
                 proc.kill()
                 proc.wait()
+
+
+def one_error_line(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("hasa: error: "), err
+    return err[0]
+
+
+def test_run_config_pairs_read_like_set():
+    from hasa_flwr.cli import parse_overrides
+
+    assert parse_overrides(["strategy=hasa seed=3 width-cap='0.8,0.5' client-column='' data-path=\"a b\"", ""]) == {
+        "strategy": "hasa", "seed": 3, "width-cap": "0.8,0.5", "client-column": "", "data-path": "a b"}
+
+
+@pytest.mark.parametrize("argv", [
+    ["run", str(ROOT), "--run-config", "{preset}"],
+    ["sweep", "--app", str(ROOT), "--out", "{out}", "--preset", "{preset}"],
+    ["calibrate", "--app", str(ROOT), "--out", "{out}", "--preset", "{preset}"],
+    ["allocate", "--app", str(ROOT), "--preset", "{preset}"],
+])
+def test_malformed_preset_names_the_file(tmp_path, capsys, argv):
+    preset = tmp_path / "bad.toml"
+    preset.write_text('strategy = "hasa"\nbudget = abc\n')
+    out = tmp_path / "out"
+    assert main([a.format(preset=preset, out=out) for a in argv]) == 2
+    line = one_error_line(capsys)
+    assert f"run-config file {preset} is not valid TOML: Invalid value (at line 2" in line and "quotes" in line
+    assert not out.exists()
+
+
+def test_a_wrong_value_type_in_a_preset_or_set_names_the_key(tmp_path, capsys):
+    preset = tmp_path / "typed.toml"
+    preset.write_text('budget = "abc"\n')
+    assert main(["sweep", "--app", str(ROOT), "--out", str(tmp_path / "a"), "--preset", str(preset)]) == 2
+    assert "run-config key budget must be a number, got 'abc'" in one_error_line(capsys)
+    assert main(["sweep", "--app", str(ROOT), "--out", str(tmp_path / "a"), "--set", "lr=fast"]) == 2
+    assert "run-config key lr must be a number, got 'fast'" in one_error_line(capsys)
+    assert not (tmp_path / "a").exists()
+
+
+def test_missing_input_file_names_the_argument_and_the_paths_tried(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HASA_DATA_DIR", str(tmp_path / "data"))
+    assert main(["split", "pooled.csv", "--client-column", "c", "--out", str(tmp_path / "fed")]) == 2
+    line = one_error_line(capsys)
+    assert "`hasa split` FILE pooled.csv not found" in line
+    assert f"tried {tmp_path / 'pooled.csv'} and {tmp_path / 'data' / 'pooled.csv'}" in line
+    monkeypatch.delenv("HASA_DATA_DIR")
+    assert main(["vocab", "fed", "--out", str(tmp_path / "v.txt")]) == 2
+    assert f"`hasa vocab` FILE|FOLDER fed not found (tried {tmp_path / 'fed'}; HASA_DATA_DIR is unset)" in \
+        one_error_line(capsys)
+    assert not (tmp_path / "fed").exists() and not (tmp_path / "v.txt").exists()
+
+
+def test_report_names_calibrate_for_a_missing_calibration_folder(tmp_path, capsys):
+    from test_sweep import FakeRunner, run_fake
+
+    run_fake(tmp_path / "sweep", FakeRunner(), seeds=(0,))
+    capsys.readouterr()
+    assert main(["report", str(tmp_path / "sweep"), "--calibration", str(tmp_path / "none")]) == 2
+    assert "pass the --out folder of `hasa calibrate`" in one_error_line(capsys)
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["candidates", "--from", "synthetic", "--top", "0"], "argument --top: must be at least 1, got 0"),
+    (["bench", "scale", "--clients", "abc"], "argument --clients: expected comma-separated federation sizes"),
+])
+def test_bad_counts_are_usage_errors(tmp_path, capsys, argv, words):
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as exit_:
+        main([*argv, "--out", str(out)])
+    assert exit_.value.code == 2 and words in one_error_line(capsys)
+    assert not out.exists()

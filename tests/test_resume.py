@@ -2,11 +2,13 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -17,7 +19,7 @@ from hasa_flwr.study.processes import alive, cmdline, kill_tree, pids_with_env
 
 from hasa_flwr.method.allocation import Allocation
 from hasa_flwr.federation.checkpoint import (LATEST, ResumeError, allocation_from_record, allocation_record, claim,
-                                  read_checkpoint, write_checkpoint)
+                                  read_checkpoint, release, write_checkpoint)
 from hasa_flwr.study.launch import flwr_run
 
 RUN = {"num-server-rounds": 5, "embed-dim": 16, "hidden-dim": 32, "fraction-train": 0.6, "save-model": False}
@@ -52,6 +54,21 @@ def test_checkpoints_are_atomic_pruned_and_locked(tmp_path):
         claim(tmp_path)
     (root / "lock").write_text("999999999 " + os.uname().nodename + "\n")  # a dead writer
     claim(tmp_path)
+    # an exited writer its parent has not reaped yet (a zombie) writes nothing more either
+    child = subprocess.Popen(["true"])
+    deadline = time.monotonic() + 10
+    while Path(f"/proc/{child.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    (root / "lock").write_text(f"{child.pid} {os.uname().nodename}\n")
+    claim(tmp_path)
+    child.wait()
+    # a complete run lets go of its folder; release never removes another writer's lock
+    release(tmp_path)
+    assert not (root / "lock").exists()
+    (root / "lock").write_text(f"{os.getppid()} {os.uname().nodename}\n")
+    release(tmp_path)
+    assert (root / "lock").exists()
 
 
 def kill_server(env) -> None:
@@ -117,6 +134,23 @@ def test_a_run_killed_in_round_3_resumes_to_the_uninterrupted_result(superlink, 
     hist = ("round", "mean", "worst", "tail", "accuracies", "trained", "train_loss", "clients")
     assert [[h[k] for k in hist] for h in a["history"]] == [[h[k] for k in hist] for h in b["history"]]
     assert b["summary"] == a["summary"] and len(b["resumes"]) == 1 and b["resumes"][0]["after_round"] in (2, 3)
+
+    # killed after its final checkpoint, before results.json: the resume has no round left to run and
+    # still writes the run's results (each client's last evaluation is in the checkpoint)
+    done = tmp_path / "done"
+    shutil.copytree(full.results.parent, done)
+    (done / "results.json").unlink()
+    with simulation_superlink() as env:
+        try:
+            proc = subprocess.run([sys.executable, "-m", "hasa_flwr.cli", "run", str(ROOT), "--resume", str(done)],
+                                  env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+            assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+        finally:
+            stop_everything(env)
+    c = json.loads((done / "results.json").read_text())
+    assert [[x[k] for k in keys] for x in a["clients"]] == [[x[k] for k in keys] for x in c["clients"]]
+    assert [[h[k] for k in hist] for h in a["history"]] == [[h[k] for k in hist] for h in c["history"]]
+    assert c["summary"] == a["summary"] and c["resumes"] == [{"run_id": c["resumes"][0]["run_id"], "after_round": 5}]
 
 
 def test_resume_refuses_a_changed_config_or_a_folder_without_checkpoints(tmp_path, capsys):

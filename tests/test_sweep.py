@@ -160,6 +160,17 @@ def test_calibration_jobs_are_feasible():
     assert [j.name for j in calibration_jobs(0.5, [0, 1])] == ["width-1.0", "width-0.5"] * 2
 
 
+def test_calibrate_runs_both_widths_in_a_new_folder(tmp_path):
+    from hasa_flwr.study.sweep import calibrate
+
+    runner = FakeRunner()
+    outcome = calibrate(ROOT, tmp_path / "calib", preset=None, seeds=[0, 1], sets={**SMALL, "budget": 0.5},
+                        runner=runner, progress=False, command="hasa calibrate (test)", jobs=1)
+    assert sorted(outcome.done) == ["width-0.5/seed-0", "width-0.5/seed-1", "width-1.0/seed-0", "width-1.0/seed-1"]
+    manifest = json.loads((tmp_path / "calib" / "sweep.json").read_text())
+    assert manifest["kind"] == "calibration" and manifest["jobs"] == 1
+
+
 def test_cli_errors_are_one_line(tmp_path, capsys):
     assert main(["sweep", "--out", str(tmp_path), "--strategies", "uniform,bogus"]) == 2
     err = capsys.readouterr().err.strip().splitlines()

@@ -77,6 +77,16 @@ def test_levels():
         assert max(lv) == w and all(p <= w for p in lv) and lv == sorted(lv)
 
 
+def test_levels_are_distinct_sub_models():
+    """A budget-projected width a hair above a level is that level, not a second draw of the same
+    sub-model (which would train the client's own width twice as often as FjORD says)."""
+    noisy = 0.6 + 2e-16 * 8
+    assert noisy != 0.6 and OrderedDropout("lstm", V, SIZES, noisy).levels() == [0.2, 0.4, noisy]
+    assert OrderedDropout("lstm", V, SIZES, 0.25).levels() == [0.25]  # 0.2 and 0.25 both keep 2 of 10 units
+    tiny = {"embed": 2, "hidden": 2}  # 0.2 and 0.4 keep 1 unit of 2, 0.6 and 0.8 keep 1 too
+    assert OrderedDropout("lstm", V, tiny, 1.0).levels() == [0.8, 1.0]
+
+
 # ----------------------------------------------------------------------------- FjORD training round
 
 
@@ -336,6 +346,12 @@ def test_a_device_refuses_a_model_wider_than_its_cap(task_identity):
     with pytest.raises(ValueError, match="max-width is 0.3 but the server sent a width-0.5 model"):
         client.train_subnet(msg, ctx)
     assert client.checked_width(ctx, 0.3) == 0.3
+    for bad in (0.0, -1.0, 1.5):  # a cap that is not a width is this device's configuration error
+        ctx.node_config["max-width"] = bad
+        with pytest.raises(ValueError, match=rf"^node config max-width={bad:g} is outside \(0, 1\]"):
+            client.checked_width(ctx, 0.3)
+    del ctx.node_config["max-width"]
+    assert client.node_cap(ctx) is None and client.checked_width(ctx, 1.0) == 1.0
 
 
 def test_compute_device_from_node_config():

@@ -16,13 +16,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
 
 import torch
 
+from .atomic import atomic_path
 from .clients import LOCAL, Source, device_path, for_device, text_split
 from .core import ClientData, DataError
 from .files import resolve_path
@@ -59,15 +59,8 @@ def _split_key(src: Source, path: Path, name: str) -> str:
 
 
 def _write(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp:
+        write(str(tmp))
 
 
 def _stored_split(entry: Path, make: Callable[[], TextSplit]) -> TextSplit:

@@ -17,19 +17,31 @@ TEXT_SUFFIXES = (".txt",)
 SUFFIXES = (*TABLE_SUFFIXES, *TEXT_SUFFIXES)
 
 
-def resolve_path(text: str, what: str = "data-path") -> Path:
-    """An absolute path; a relative one that is not here is looked up under $HASA_DATA_DIR."""
+def resolve_path(text: str, what: str = "data-path", fix: str = "") -> Path:
+    """An absolute path; a relative one that is not here is looked up under $HASA_DATA_DIR.
+
+    ``fix`` replaces the default advice (set ``what`` or HASA_DATA_DIR) where ``what`` is not a
+    run-config key, e.g. a command's argument."""
     if not str(text).strip():
         raise DataError(f"{what} is empty: set it to your data file or folder (relative paths are also looked up "
                         "under $HASA_DATA_DIR)")
-    path = Path(text).expanduser()
+    given = Path(text).expanduser()
+    path = given
     if not path.is_absolute() and not path.exists() and os.environ.get("HASA_DATA_DIR"):
         path = Path(os.environ["HASA_DATA_DIR"]).expanduser() / path
     if not path.exists():
-        hint = "" if os.environ.get("HASA_DATA_DIR") else " (HASA_DATA_DIR is unset)"
-        raise DataError(f"{what} {path} not found{hint}: set {what} to an existing file or folder, or "
-                        "HASA_DATA_DIR to the folder that holds it")
+        fix = fix or f"set {what} to an existing file or folder, or HASA_DATA_DIR to the folder that holds it"
+        raise DataError(f"{what} {given} not found{tried(given, path)}: {fix}")
     return path.absolute()
+
+
+def tried(given: Path, path: Path) -> str:
+    """Where a missing path was looked for, so that a relative one shows both places."""
+    unset = "" if os.environ.get("HASA_DATA_DIR") else "HASA_DATA_DIR is unset"
+    if given.is_absolute():
+        return f" ({unset})" if unset else ""
+    places = f"{given.absolute()}" + (f" and {path}" if path != given else "")
+    return f" (tried {places}{'; ' + unset if unset else ''})"
 
 
 def client_files(folder: Path) -> list[Path]:

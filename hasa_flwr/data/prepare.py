@@ -11,27 +11,18 @@ import os
 import tempfile
 from pathlib import Path
 
+from .atomic import write_text_atomic
 from .clients import LOCAL, Source, federation_vocab, text_split
 from .core import DataError
 from .files import SUFFIXES, client_files, read_table, resolve_path
 from .text import PAD, UNK, clean_title
 
-
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+ARGUMENT_FIX = "pass an existing one (a relative path is also looked up under $HASA_DATA_DIR)"
 
 
 def split_by_column(path: str | Path, client_column: str, out: str | Path) -> list[Path]:
     """One CSV per distinct value of ``client_column`` (rows in file order, every column kept)."""
-    src = resolve_path(str(path))
+    src = resolve_path(str(path), "`hasa split` FILE", fix=ARGUMENT_FIX)
     table = read_table(src)
     if client_column not in table.column_names:
         raise DataError(f"{src} has no column {client_column!r} (columns: {', '.join(table.column_names)}): "
@@ -63,7 +54,7 @@ def vocab_from_files(paths: list[str], *, text_column: str = "title", min_count:
     the file equals the vocabulary a run with that seed would agree on."""
     files: list[Path] = []
     for p in paths:
-        path = resolve_path(p)
+        path = resolve_path(p, "`hasa vocab` FILE|FOLDER", fix=ARGUMENT_FIX)
         files += client_files(path) if path.is_dir() else [path]
     for f in files:
         if f.suffix.lower() not in SUFFIXES:
@@ -103,5 +94,5 @@ def candidate_words(source: str, top: int) -> list[str]:
 
 def write_vocab(vocab: list[str], out: str | Path) -> Path:
     words = [w for w in vocab if w not in (PAD, UNK)]
-    _write_atomic(Path(out), "\n".join(words) + "\n")
+    write_text_atomic(Path(out), "\n".join(words) + "\n")
     return Path(out)

@@ -16,7 +16,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import socket
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from hasa_flwr.data.atomic import write_text_atomic
 from hasa_flwr.method.allocation import Allocation
 from hasa_flwr.method.model_files import load_model, save_model
 
@@ -48,17 +48,6 @@ class Checkpoint:
         return self.meta["checkpoint"]
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -66,7 +55,10 @@ def _alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True
-    return True
+    try:  # a zombie (exited, not yet reaped by its parent) writes nothing more
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
 
 
 def claim(run_dir: Path) -> None:
@@ -83,7 +75,14 @@ def claim(run_dir: Path) -> None:
         if host == socket.gethostname() and pid != os.getpid() and _alive(pid):
             raise ResumeError(f"{run_dir} is still being written by process {pid} (a run that has not stopped): "
                               f"stop it first (flwr stop <run-id>, or kill {pid}), then resume")
-    _write_atomic(lock, f"{os.getpid()} {socket.gethostname()}\n")
+    write_text_atomic(lock, f"{os.getpid()} {socket.gethostname()}\n")
+
+
+def release(run_dir: Path) -> None:
+    """The run is complete (results.json written): this process no longer writes the folder."""
+    lock = Path(run_dir) / CHECKPOINTS / LOCK
+    if lock.is_file() and lock.read_text().split()[:1] == [str(os.getpid())]:
+        lock.unlink()
 
 
 def write_checkpoint(run_dir: Path, server_round: int, state: dict[str, torch.Tensor], meta: dict[str, Any],
@@ -91,7 +90,7 @@ def write_checkpoint(run_dir: Path, server_round: int, state: dict[str, torch.Te
     """checkpoints/round-<r>/ (weights + metadata with ``progress``), then the ``latest`` pointer."""
     root = Path(run_dir) / CHECKPOINTS
     folder = save_model(root / f"round-{server_round:04d}", state, {**meta, "checkpoint": progress})
-    _write_atomic(root / LATEST, folder.name + "\n")
+    write_text_atomic(root / LATEST, folder.name + "\n")
     for old in sorted(root.glob("round-*"))[:-KEEP]:
         if old.is_dir() and old.name != folder.name:
             for f in old.iterdir():

@@ -116,10 +116,22 @@ def compute_device(context: Context) -> torch.device:
     return torch.device(choice)
 
 
+def node_cap(context: Context) -> float | None:
+    """The SuperNode's own max-width (None: not set). Outside (0, 1] the device would refuse every
+    model, or claim more than the supernet, so that is this device's configuration error."""
+    if "max-width" not in context.node_config:
+        return None
+    cap = float(context.node_config["max-width"])
+    if not 0.0 < cap <= 1.0:
+        raise ValueError(f"node config max-width={cap:g} is outside (0, 1]: set it to the widest fraction of the "
+                         "supernet this device can train, e.g. 0.5, or leave it out")
+    return cap
+
+
 def checked_width(context: Context, width: float) -> float:
     """A device never builds a model wider than its own cap: a misconfigured server gets an error
     that names the cap, not an out-of-memory device."""
-    cap = float(context.node_config.get("max-width", 1.0))
+    cap = node_cap(context) or 1.0
     if width > cap + 1e-9:
         raise ValueError(f"this device's max-width is {cap:g} but the server sent a width-{width:g} model: the device "
                          "refuses it; check the server's allocation and the device's max-width")
@@ -167,7 +179,7 @@ def query_stats(msg: Message, context: Context) -> Message:
         "n-test": data.n_test,
         "n-train-rows": data.n_train_rows,
         "num-classes": num_classes,
-        "max-width": float(node.get("max-width", -1.0)),
+        "max-width": node_cap(context) or -1.0,  # -1: not set
     })
     if not settings.secure_stats:  # under secure-stats the histogram leaves only inside a SecAgg+ sum
         stats["label-counts"] = [int(v) for v in data.label_counts(num_classes, settings.score_histogram)]

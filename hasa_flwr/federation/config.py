@@ -262,7 +262,7 @@ def settings_from_run_config(rc: dict[str, Any]) -> Settings:
         batch_size=int(positive("batch-size", int(rc["batch-size"]))),
         lr=positive("lr", float(rc["lr"])),
         optimizer=choose("optimizer", str(rc["optimizer"]), OPTIMIZERS),
-        momentum=float(rc["momentum"]),
+        momentum=non_negative("momentum", float(rc["momentum"])),
         embed_dim=int(positive("embed-dim", int(rc["embed-dim"]))),
         hidden_dim=int(positive("hidden-dim", int(rc["hidden-dim"]))),
         scaler=bool(rc["scaler"]),
@@ -316,7 +316,7 @@ def poll_interval(value: float) -> float:
 
 def non_negative(key: str, value: float) -> float:
     if value < 0 or not math.isfinite(value):
-        raise ValueError(f"{key} must be 0 or a positive number of seconds, got {value}")
+        raise ValueError(f"{key} must be 0 or a positive number, got {value}")
     return value
 
 

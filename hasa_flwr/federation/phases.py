@@ -107,7 +107,8 @@ def allocation_round(settings: Settings, clients: list[ClientInfo], scores: np.n
 
 
 # a resumed run may change only these (where results go, how long to wait)
-RESUMABLE_CHANGES = ("results_dir", "data_path", "wait_seconds", "round_timeout", "round_deadline", "resume_from")
+RESUMABLE_CHANGES = ("results_dir", "data_path", "wait_seconds", "round_timeout", "round_deadline", "reply_poll",
+                     "resume_from")
 
 
 def check_resumable(settings: Settings, checkpoint: Checkpoint) -> None:
@@ -200,7 +201,7 @@ def resume_start(grid: Grid, settings: Settings, checkpoint: Checkpoint, nodes: 
     clients, num_classes, input_shape = query_stats(grid, nodes, settings.num_clients, settings.dataset,
                                                     settings.round_timeout, vocab, send_words=vocab_source != "file")
     config = ConfigRecord({"vocab-hash": vocab_hash(vocab)} if vocab else {})
-    model = initial_supernet(settings, num_classes, input_shape, vocab)
+    model = settings.initial_model(num_classes, input_shape)  # the architecture: the weights are the checkpoint's
     clients, allocation = restore_roster(clients, checkpoint)
     return Start(clients, allocation, model, ArrayRecord(checkpoint.state), config, num_classes, input_shape, vocab,
                  vocab_source, p["secure"], p["dropped"])

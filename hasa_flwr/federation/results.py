@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from hasa_flwr.method.allocation import Allocation
 from hasa_flwr.federation.config import Settings
 from hasa_flwr.data import vocab_hash
+from hasa_flwr.data.atomic import write_text_atomic
 from hasa_flwr.method.metrics import summarize
 from hasa_flwr.federation.strategy import ClientInfo
 
@@ -75,17 +74,8 @@ def build_results(settings: Settings, clients: list[ClientInfo], allocation: All
 
 
 def write_json_atomic(path: Path, payload: dict[str, Any]) -> Path:
-    """Write to a temp file in the same folder, then rename: readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".json")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(payload, f, indent=1)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    """Readers never see half a file (data/atomic.py)."""
+    return write_text_atomic(path, json.dumps(payload, indent=1))
 
 
 def results_path(results_dir: str, run_id: int) -> Path:

@@ -26,12 +26,30 @@ from hasa_flwr.data import LOCAL, client_order, read_vocab, vocab_hash
 from hasa_flwr.data.files import resolve_path
 from hasa_flwr.data.text import build_vocab
 from hasa_flwr.method.metrics import summarize
+from hasa_flwr.method.model_files import client_folder_name
 from hasa_flwr.method.participation import round_sample
 from hasa_flwr.method.subnet import Indices, Spec, deployed_units, extract, hash_seed, prefix_state, trained_units
 
 
 class FederationError(RuntimeError):
     """The federation cannot run as configured (missing nodes, a client's data error...)."""
+
+
+def reply_metrics(msg: Message, required: Iterable[str] = ()) -> dict[str, float]:
+    """A reply's ``metrics`` record as floats. A device's reply is untrusted input: a missing record
+    or key, a list or a non-finite value is a ValueError (the reply is rejected, the run goes on)."""
+    record = msg.content.metric_records.get("metrics")
+    if record is None:
+        raise ValueError("the reply has no metrics record")
+    metrics = {}
+    for key, value in record.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ValueError(f"metric {key!r} is {value!r}, not a finite number")
+        metrics[key] = float(value)
+    missing = [k for k in required if k not in metrics]
+    if missing:
+        raise ValueError(f"the reply's metrics lack {', '.join(missing)}")
+    return metrics
 
 
 @dataclass
@@ -139,6 +157,18 @@ def query_stats(grid: Grid, nodes: list[int], num_clients: int, dataset: str, ti
         nodes_of = {n: [c.node_id for c in clients if c.name == n] for n in twice}
         raise FederationError(f"client name(s) {', '.join(repr(n) for n in twice)} used by more than one device "
                               f"(nodes {nodes_of}): give every SuperNode its own client-name")
+    folders: dict[str, list[str]] = {}
+    for name in names:  # each client's subnet is saved under its name as a folder name
+        folders.setdefault(client_folder_name(name), []).append(name)
+    clash = next((group for group in folders.values() if len(group) > 1), None)
+    if clash:
+        raise FederationError(f"client names {' and '.join(repr(n) for n in clash)} would save their models to the "
+                              f"same folder {client_folder_name(clash[0])!r}: give those SuperNodes client-names "
+                              "of letters, digits, '-' and '_' that differ")
+    lengths = {len(c.label_counts) for c in clients if c.label_counts is not None}
+    if len(lengths) > 1:
+        raise FederationError(f"clients sent label histograms of different lengths ({sorted(lengths)}): give every "
+                              "node the same app version and run config")
     shape = agreed_images(replies)
     if len(num_classes) != 1:
         raise FederationError(f"clients disagree on the number of classes/vocabulary ({sorted(num_classes)}): "
@@ -181,7 +211,13 @@ def full_width_allowed(c: ClientInfo) -> bool:
 
 def query_losses(grid: Grid, clients: list[ClientInfo], arrays: ArrayRecord, width: float, timeout: float,
                  spec: Spec, sizes: dict[str, int], config: ConfigRecord | None = None) -> np.ndarray:
-    """Mean training loss of the initial supernet's width-``width`` prefix on every client (score=loss)."""
+    """Mean training loss of the initial supernet's width-``width`` prefix on every client (score=loss).
+    Every client is scored at the same width, so a device that may not build it stops the run."""
+    for c in clients:
+        if c.node_cap is not None and c.node_cap < width:
+            raise FederationError(f"score=loss measures every client's loss at width B={width:g}, but client "
+                                  f"{c.name!r} has max-width {c.node_cap:g}: raise that SuperNode's max-width to at "
+                                  "least B, or use score=jsd or entropy")
     prefix = ArrayRecord(prefix_state(arrays.to_torch_state_dict(), spec, sizes, width))
     content = RecordDict({"arrays": prefix, "config": ConfigRecord({**dict(config or {}), "width": width})})
     replies = ask(grid, {c.node_id: content for c in clients}, "query.loss", timeout)
@@ -243,7 +279,6 @@ class HasaStrategy(Strategy):
         self.rejected: list[dict[str, object]] = []
         self._round_start = 0.0
         self.phase = "train"
-        self._train_loss = math.nan
         # fused: one exchange per round. Round r's model is evaluated by the clients as they receive
         # it in round r+1's train message (a prefix train message holds exactly the width-w prefix);
         # the last round's model by one evaluate exchange. Needs prefix units (see fused_evaluation).
@@ -270,16 +305,21 @@ class HasaStrategy(Strategy):
     def progress(self) -> dict[str, object]:
         """What a checkpoint keeps of this strategy (see checkpoint.py)."""
         return {"history": self.history, "rejected": self.rejected, "exchanges": self.exchanges,
-                "train_loss": self._train_loss,
+                "client_metrics": {str(c.partition_id): c.metrics for c in self.clients.values()},
                 **{name[1:]: {str(k): v for k, v in getattr(self, name).items()} for name in self.ROUND_MAPS}}
 
     def restore(self, progress: dict, done_rounds: int) -> None:
         """Continue after ``done_rounds`` rounds from a checkpoint's ``progress``."""
         self.offset = done_rounds
         self.history, self.rejected = list(progress["history"]), list(progress["rejected"])
-        self.exchanges, self._train_loss = dict(progress["exchanges"]), float(progress["train_loss"])
+        self.exchanges = dict(progress["exchanges"])
         for name in self.ROUND_MAPS:  # (checkpoints from before client_seconds lack it)
             setattr(self, name, {int(k): v for k, v in progress.get(name[1:], {}).items()})
+        # each client's latest evaluation, for results.json when no round is left to run (older
+        # checkpoints lack it: those clients then have no current accuracy)
+        last = progress.get("client_metrics", {})
+        for c in self.clients.values():
+            c.metrics = dict(last.get(str(c.partition_id), {}))
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
@@ -330,11 +370,11 @@ class HasaStrategy(Strategy):
         # client order, not arrival order (which varies with several actors or devices): sums are then exact
         return dict(sorted(got.items(), key=lambda item: self.clients[item[0]].partition_id))
 
-    def reject(self, server_round: int, node: int, reason: str) -> None:
-        c = self.clients[node]
-        log(WARNING, "round %d: no %s result from client %d (%s, node %d): %s", server_round, self.phase,
+    def reject(self, server_round: int, node: int, reason: str, phase: str | None = None) -> None:
+        c, phase = self.clients[node], phase or self.phase
+        log(WARNING, "round %d: no %s result from client %d (%s, node %d): %s", server_round, phase,
             c.partition_id, c.name, node, reason)
-        self.rejected.append({"round": server_round, "phase": self.phase, "partition_id": c.partition_id,
+        self.rejected.append({"round": server_round, "phase": phase, "partition_id": c.partition_id,
                               "node": node, "reason": reason})
 
     def aggregate_train(self, server_round: int,
@@ -344,39 +384,34 @@ class HasaStrategy(Strategy):
         updates, losses = [], []
         got = self.by_node(server_round, replies)
         if self.fused and server_round > 1:  # the evaluation of last round's model rode on these replies
-            self.record_evaluation(server_round - 1, {n: {k[len("eval-"):]: float(v) for k, v in
-                                                          m.content["metrics"].items() if k.startswith("eval-")}
+            self.record_evaluation(server_round - 1, {n: self.evaluation_metrics(server_round - 1, n, m, "eval-")
                                                       for n, m in got.items()})
         for node, msg in got.items():
             try:
-                metrics = msg.content["metrics"]
-                update = Update(self.sent[node], msg.content["arrays"].to_torch_state_dict(),
-                                float(metrics["num-examples"]))
+                metrics = reply_metrics(msg, ("num-examples", "train-loss"))
+                update = Update(self.sent[node], msg.content["arrays"].to_torch_state_dict(), metrics["num-examples"])
                 check_update(update, self.state, self.spec, self.sizes)
             except (KeyError, ValueError, TypeError) as err:
                 self.reject(server_round, node, str(err))
                 continue
             updates.append(update)
-            losses.append((update.weight, float(metrics["train-loss"])))
+            losses.append((update.weight, metrics["train-loss"]))
             self._trained.setdefault(server_round, []).append(self.clients[node].partition_id)
             if "seconds" in metrics:
                 self._client_seconds.setdefault(server_round, {})[str(self.clients[node].partition_id)] = \
-                    float(metrics["seconds"])
-        if self.min_train_clients and len(updates) < self.min_train_clients:
+                    metrics["seconds"]
+        needed = self.min_train_clients or 1
+        if len(updates) < needed:
             raise FederationError(f"round {server_round}: {len(updates)} of {len(self.outbox)} sampled clients sent a "
-                                  f"valid update within {self.deadline:g}s, fewer than min-train-clients="
-                                  f"{self.min_train_clients}: raise round-deadline, or lower min-train-clients")
-        if not updates:
-            log(WARNING, "round %d: no valid update; the supernet is unchanged", server_round)
-            return None, None
+                                  f"valid update within {self.deadline:g}s, fewer than {needed} (min-train-clients="
+                                  f"{self.min_train_clients}): raise round-deadline, or lower min-train-clients")
         new = aggregate(self.state, updates, self.spec, self.sizes, self.aggregation)
         total = sum(w for w, _ in losses)
-        self._train_loss = sum(w * loss for w, loss in losses) / total
-        self._losses[server_round] = self._train_loss
+        self._losses[server_round] = train_loss = sum(w * loss for w, loss in losses) / total
         self._train_seconds[server_round] = time.perf_counter() - self._round_start
         self._bytes[server_round] += sum(array_bytes(r) for m in got.values() for r in m.content.array_records.values())
         self._server_seconds[server_round] += time.perf_counter() - start
-        return ArrayRecord(new), MetricRecord({"train-loss": self._train_loss, "clients": len(updates)})
+        return ArrayRecord(new), MetricRecord({"train-loss": train_loss, "clients": len(updates)})
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                            grid: Grid) -> Iterable[Message]:
@@ -408,8 +443,20 @@ class HasaStrategy(Strategy):
         if self.fused and server_round < self.num_rounds:
             return None
         got = self.by_node(server_round, replies)
-        return self.record_evaluation(server_round, {n: {k: float(v) for k, v in m.content["metrics"].items()}
+        return self.record_evaluation(server_round, {n: self.evaluation_metrics(server_round, n, m)
                                                      for n, m in got.items()})
+
+    def evaluation_metrics(self, server_round: int, node: int, msg: Message, prefix: str = "") -> dict[str, float]:
+        """A client's evaluation of ``server_round``'s model (its metrics named ``prefix``...); a
+        malformed one is rejected and leaves that client without a current accuracy."""
+        try:
+            metrics = reply_metrics(msg, (prefix + "accuracy",))
+            if not 0.0 <= metrics[prefix + "accuracy"] <= 1.0:
+                raise ValueError(f"accuracy {metrics[prefix + 'accuracy']:g} is outside [0, 1]")
+        except ValueError as err:
+            self.reject(server_round, node, f"evaluation: {err}", phase="evaluate")
+            return {}
+        return {k[len(prefix):]: v for k, v in metrics.items() if k.startswith(prefix)}
 
     def record_evaluation(self, server_round: int, metrics: dict[int, dict[str, float]]) -> MetricRecord | None:
         """The history row of ``server_round``'s model from the clients' evaluation metrics."""
@@ -425,7 +472,7 @@ class HasaStrategy(Strategy):
         if not self.fused or server_round == self.num_rounds:  # its own evaluate exchange
             seconds = time.perf_counter() - self._round_start
         # every round's per-client accuracies, so a long run also answers for its shorter prefixes
-        row = {"round": server_round, "train_loss": self._losses.get(server_round, self._train_loss),
+        row = {"round": server_round, "train_loss": self._losses.get(server_round),
                **summarize(accs), "clients": len(accs), "trained": sorted(self._trained.get(server_round, [])),
                "accuracies": {str(c.partition_id): c.metrics.get("accuracy") for c in self.clients.values()},
                "seconds": seconds, "server_seconds": self._server_seconds.get(server_round, math.nan),

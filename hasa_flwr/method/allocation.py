@@ -52,6 +52,9 @@ def check_feasible(budget: float, shares: np.ndarray, caps: np.ndarray, w_min: f
     if len(bad):
         raise ValueError(f"width cap {caps[bad[0]]:g} of client {bad[0]} is outside [width-min={w_min:g}, 1]; "
                          "raise the cap or lower width-min")
+    if not 0.0 < budget <= 1.0:  # (also NaN)
+        raise ValueError(f"budget {budget:g} is outside (0, 1]: B is a width, a fraction of the supernet's; "
+                         "set budget to e.g. 0.5")
     if budget < w_min:
         raise ValueError(f"budget {budget:g} is below width-min {w_min:g}: every client needs at least "
                          "width-min; raise budget or lower width-min")
@@ -176,18 +179,17 @@ def allocate(rule: str, scores: np.ndarray, sizes: np.ndarray, *, budget: float 
     ranks = normalized_ranks(scores)
     if rule == "hasa-inverse":
         ranks = 1.0 - ranks
-    if rule in ("hasa", "hasa-inverse", "hasa-random"):
-        prelim = w_min + (w_max - w_min) * ranks
-    elif rule == "tiers":
-        prelim = caps.copy()
-    elif rule == "focus":
-        prelim = np.full(m, budget)
-        prelim[focus_client(scores, sizes)] = w_max
-    else:
-        prelim = np.full(m, budget)
-    if rule == "midsize":
+    if rule == "midsize":  # its preliminary widths depend on what the projection gives them
         widths, passes = midsize_widths(sizes, shares, budget, w_min, w_max, caps, cost, supernet)
     else:
+        if rule in ("hasa", "hasa-inverse", "hasa-random"):
+            prelim = w_min + (w_max - w_min) * ranks
+        elif rule == "tiers":
+            prelim = caps.copy()
+        else:  # uniform, focus
+            prelim = np.full(m, budget)
+        if rule == "focus":
+            prelim[focus_client(scores, sizes)] = w_max
         widths, passes = scale_and_project(prelim, shares, budget, w_min, caps, cost)
     cost = cost or linear_cost
     return Allocation(widths=widths, used=float(shares @ widths), cost_used=float(shares @ cost(widths)),

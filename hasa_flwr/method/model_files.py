@@ -15,15 +15,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from hasa_flwr.data.atomic import atomic_path
 from hasa_flwr.method.models import build_model, sub_sizes
 
 FORMAT, FORMAT_VERSION = "hasa-flwr-model", 1
@@ -75,20 +73,9 @@ def save_model(folder: Path, state: dict[str, torch.Tensor], meta: dict[str, Any
     folder.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
     meta = {**meta, "tensors": {k: list(v.shape) for k, v in state.items()}, "weights_sha256": weights_digest(state)}
-    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.tmp-"))
-    try:
+    with atomic_path(folder, folder=True) as tmp:
         save_file(state, str(tmp / WEIGHTS))
         (tmp / META).write_text(json.dumps(meta, indent=1))
-        if folder.exists():
-            old = folder.with_name(f".{folder.name}.old-{os.getpid()}")
-            os.replace(folder, old)
-            os.replace(tmp, folder)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, folder)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return folder
 
 
@@ -152,7 +139,7 @@ def resolve_model_folder(path: str | Path, client: str | None = None) -> Path:
     if (path / "model" / META).is_file():
         return path / "model"
     raise ModelFileError(f"{path} holds no saved model ({META} + {WEIGHTS}): pass the folder of a finished run "
-                         "(hasa-flwr 0.2 or later saves one next to results.json) or a model folder")
+                         "(a run with save-model=true saves one next to results.json) or a model folder")
 
 
 def load_model(path: str | Path, client: str | None = None) -> SavedModel:

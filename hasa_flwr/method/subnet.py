@@ -156,8 +156,8 @@ def gather(state: dict[str, torch.Tensor], spec: Spec, indices: Indices, sizes: 
     for name, axes in spec.items():
         t = state[name]
         for dim, pos in enumerate(positions(axes, indices, sizes)):
-            if pos is not None:
-                t = t.index_select(dim, pos)
+            if pos is not None:  # positions are built on the CPU; a CUDA model's parameters need them there
+                t = t.index_select(dim, pos.to(t.device))
         out[name] = t
     return out
 

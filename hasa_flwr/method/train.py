@@ -34,7 +34,13 @@ class OrderedDropout:
     _skeletons: dict[float, nn.Module] = field(default_factory=dict)
 
     def levels(self) -> list[float]:
-        return sorted({p for p in FJORD_LEVELS if p <= self.max_width} | {self.max_width})
+        """FjORD's widths up to the client's, one per distinct sub-model. Widths that keep the same
+        units are one level (the wider wins): a budget-projected 0.40000000000000013 is the 0.4
+        level, not a second draw of it, and tiny layers do not double-count their narrowest widths."""
+        by_units = {}
+        for p in sorted({p for p in FJORD_LEVELS if p < self.max_width} | {self.max_width}):
+            by_units[tuple(sub_sizes(p, self.sizes).values())] = p
+        return sorted(by_units.values())
 
     def forward(self, model: nn.Module, x: torch.Tensor, p: float) -> torch.Tensor:
         """Run the width-p prefix of ``model``; gradients flow back into the prefix entries only."""

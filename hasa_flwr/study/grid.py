@@ -21,11 +21,11 @@ a map stopped at any point has the same seeds in every cell; re-running resumes.
 from __future__ import annotations
 
 import itertools
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from hasa_flwr.study.launch import read_toml
 from hasa_flwr.study.sweep import (Job, LABEL, Runner, SweepOutcome, base_config, default_runner, now_utc, parse_seeds,
                                    run_jobs)
 
@@ -68,12 +68,7 @@ def _axis_values(axis: str, values: Any) -> list[tuple[str, dict[str, Any]]]:
 def read_grid(path: str | Path) -> Grid:
     """Parse and check a grid file; a ValueError names what is wrong."""
     path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"grid file {path} not found")
-    try:
-        raw = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as err:
-        raise ValueError(f"grid file {path} is not valid TOML: {err}") from None
+    raw = read_toml(path, "grid file")
     unknown = set(raw) - {"preset", "seeds", "fixed", "axes", "arms"}
     if unknown:
         raise ValueError(f"grid file {path}: unknown key(s) {', '.join(sorted(unknown))}; "

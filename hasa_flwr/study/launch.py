@@ -47,13 +47,22 @@ def app_defaults(app_dir: Path) -> dict[str, Any]:
         return tomllib.load(f)["tool"]["flwr"]["app"]["config"]
 
 
-def read_preset(path: str | Path) -> dict[str, Any]:
-    """A conf/*.toml preset: flat `key = value` run-config overrides."""
+def read_toml(path: str | Path, what: str) -> dict[str, Any]:
+    """A TOML file; missing or malformed, a one-line ValueError that names the file (tomllib's own
+    message gives only the line and column)."""
     path = Path(path)
     if not path.is_file():
-        raise ValueError(f"run-config file {path} not found")
-    with path.open("rb") as f:
-        return tomllib.load(f)
+        raise ValueError(f"{what} {path} not found")
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as err:
+        raise ValueError(f"{what} {path} is not valid TOML: {err}; fix that line (string values need quotes, "
+                         "e.g. strategy = \"hasa\")") from None
+
+
+def read_preset(path: str | Path) -> dict[str, Any]:
+    """A conf/*.toml preset: flat `key = value` run-config overrides."""
+    return read_toml(path, "run-config file")
 
 
 def merge_config(defaults: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
@@ -61,7 +70,25 @@ def merge_config(defaults: dict[str, Any], overrides: dict[str, Any]) -> dict[st
     if unknown:
         raise ValueError(f"unknown run-config key(s) {', '.join(unknown)}: valid keys are listed in pyproject.toml "
                          "[tool.flwr.app.config]")
+    for key, value in overrides.items():
+        check_kind(key, value, defaults[key])
     return {**defaults, **overrides}
+
+
+def check_kind(key: str, value: Any, default: Any) -> None:
+    """A value of the default's kind, so that budget = "abc" fails here naming its key instead of
+    as a bare `could not convert string to float` (and "false" never reads as true)."""
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise ValueError(f"run-config key {key} must be true or false, got {value!r}")
+    elif isinstance(default, (int, float)):
+        kind = "a whole number" if isinstance(default, int) else "a number"
+        try:
+            number = type(default)(value)
+        except (TypeError, ValueError):
+            number = None
+        if number is None or isinstance(value, bool) or (isinstance(default, int) and number != value):
+            raise ValueError(f"run-config key {key} must be {kind}, got {value!r}")
 
 
 def to_flwr_args(overrides: dict[str, Any]) -> str:

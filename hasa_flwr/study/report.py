@@ -29,11 +29,12 @@ class ReportError(ValueError):
 # ----------------------------------------------------------------------------- loading
 
 
-def load_runs(folder: Path) -> dict[str, dict[int, dict[str, Any]]]:
-    """``<folder>/<name>/seed-<k>/results.json`` -> {name: {seed: results}}."""
+def load_runs(folder: Path, command: str = "hasa sweep") -> dict[str, dict[int, dict[str, Any]]]:
+    """``<folder>/<name>/seed-<k>/results.json`` -> {name: {seed: results}}; ``command`` wrote the
+    folder (named in the errors)."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise ReportError(f"{folder} is not a folder: pass the --out folder of `hasa sweep`")
+        raise ReportError(f"{folder} is not a folder: pass the --out folder of `{command}`")
     runs: dict[str, dict[int, dict[str, Any]]] = {}
     for path in sorted(folder.glob("*/seed-*/results.json")):
         try:
@@ -47,7 +48,7 @@ def load_runs(folder: Path) -> dict[str, dict[int, dict[str, Any]]]:
             raise ReportError(f"{path} has no summary (no client was evaluated): delete it and re-run that run")
         runs.setdefault(path.parent.parent.name, {})[seed] = res
     if not runs:
-        raise ReportError(f"no <strategy>/seed-<k>/results.json under {folder}: run `hasa sweep --out {folder}` first")
+        raise ReportError(f"no <strategy>/seed-<k>/results.json under {folder}: run `{command} --out {folder}` first")
     return runs
 
 
@@ -463,7 +464,7 @@ def client_scores(config: dict[str, Any]) -> dict[str, np.ndarray]:
 
 def calibration_analysis(folder: Path) -> dict[str, Any]:
     """need_i = mean over seeds of acc_i(width 1.0) - acc_i(width B); Spearman with each score."""
-    runs = load_runs(folder)
+    runs = load_runs(folder, "hasa calibrate")
     full_name = next((n for n in runs if n in ("width-1.0", "width-1")), None)
     narrow = [n for n in runs if n != full_name]
     if full_name is None or len(narrow) != 1:

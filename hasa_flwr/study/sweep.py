@@ -118,7 +118,7 @@ def parse_strategies(text: str | None) -> list[str]:
     return names
 
 
-def parse_sets(items: list[str]) -> dict[str, Any]:
+def parse_sets(items: list[str], option: str = "--set") -> dict[str, Any]:
     """``--set k=v`` pairs with TOML values; a value that is not valid TOML is taken as a string
     (``--set score=loss`` = ``--set 'score="loss"'``)."""
     out: dict[str, Any] = {}
@@ -126,14 +126,27 @@ def parse_sets(items: list[str]) -> dict[str, Any]:
         key, sep, value = item.partition("=")
         key = key.strip()
         if not sep or not key:
-            raise ValueError(f"--set '{item}' is not key=value")
+            raise ValueError(f"{option} '{item}' is not key=value")
         try:
             out[key] = tomllib.loads(f"v = {value.strip()}")["v"]
         except tomllib.TOMLDecodeError:
             out[key] = value.strip()
         if not isinstance(out[key], (bool, int, float, str)):
-            raise ValueError(f"--set {key}: only bool, int, float and string values are allowed, got {value!r}")
+            raise ValueError(f"{option} {key}: only bool, int, float and string values are allowed, got {value!r}")
     return out
+
+
+PAIR = re.compile(r"""[^\s=]+=(?:'[^']*'|"[^"]*"|\S*)""")
+
+
+def parse_pairs(text: str, option: str) -> dict[str, Any]:
+    """Flower's ``--run-config "k=v k2='a b'"`` (several pairs in one string), each value read as
+    by `parse_sets`: so ``strategy=hasa`` works unquoted, as with ``--set``."""
+    pairs = PAIR.findall(text)
+    rest = PAIR.sub("", text).strip()
+    if rest:
+        raise ValueError(f"{option} '{text}' is not key=value pairs: write e.g. {option} \"strategy='hasa' seed=3\"")
+    return parse_sets(pairs, option)
 
 
 # ----------------------------------------------------------------------------- configs
@@ -588,11 +601,11 @@ def calibrate(app: Path, out: Path, *, preset: str | None, seeds: list[int], set
     budget = float(base["budget"])
     if budget >= 1.0:
         raise ValueError(f"budget {budget:g} is already full width: calibration compares width 1.0 with width B < 1")
-    jobs = calibration_jobs(budget, seeds)
+    runs = calibration_jobs(budget, seeds)
     meta = {"kind": "calibration", "preset": str(preset) if preset else None,
             "preset_config": read_preset(preset) if preset else {}, "overrides": sets, "app": str(app),
             "federation_config": federation_config or f"num-supernodes={base['num-clients']}",
-            "strategies": list(dict.fromkeys(j.name for j in jobs)), "seeds": seeds, "budget": budget}
-    return run_jobs(out, base, jobs, runner or default_runner(app, env, run_timeout),
+            "strategies": list(dict.fromkeys(j.name for j in runs)), "seeds": seeds, "budget": budget}
+    return run_jobs(out, base, runs, runner or default_runner(app, env, run_timeout),
                     federation_config=federation_config, keep_going=keep_going, progress=progress, meta=meta,
                     command=command, parallel=jobs)

@@ -138,7 +138,8 @@ def markdown(result: dict[str, Any]) -> str:
     accuracy = (f"mean over {len(result['accuracy_clients'])} clients, each on its own test split"
                 if result["accuracy_clients"]
                 else f"n/a, the run's data is not on this machine ({result['data_note']})")
-    lines = [f"# Widths of run {result['run']} ({result['dataset']}, {result['model']['kind']} "
+    run = result.get("run_id") or Path(result["run"]).name  # not the folder: a committed file names no home path
+    lines = [f"# Widths of run {run} ({result['dataset']}, {result['model']['kind']} "
              f"{result['model']['sizes']})", "",
              f"MACs per {result['macs_per']}; latency: median of {lat['repeats']} batch-1 runs on a {lat['input']} "
              f"({lat['runtime']}); accuracy: {accuracy}.", "",
