@@ -1,5 +1,6 @@
 """Bad input through the `hasa` command: one line, exit code 2, nothing written, no Ray started."""
 
+import re
 import subprocess
 import sys
 import time
@@ -211,6 +212,18 @@ def test_a_wrong_value_type_in_a_preset_or_set_names_the_key(tmp_path, capsys):
     assert main(["sweep", "--app", str(ROOT), "--out", str(tmp_path / "a"), "--set", "lr=fast"]) == 2
     assert "run-config key lr must be a number, got 'fast'" in one_error_line(capsys)
     assert not (tmp_path / "a").exists()
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("budget", "abc", "run-config key budget must be a number, got 'abc'"),
+    ("seed", 1.5, "run-config key seed must be a whole number, got 1.5"),
+    ("scaler", "false", "run-config key scaler must be true or false, got 'false'"),  # not bool("false") = True
+    ("min-train-clients", "x", "run-config key min-train-clients must be a whole number, got 'x'"),
+])
+def test_the_server_names_the_key_of_a_wrong_value_type(key, value, message):
+    """`flwr run` (or a deployment) hands the ServerApp its run config without `hasa`'s checks."""
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        settings_from_run_config({**app_defaults(ROOT), key: value})
 
 
 def test_missing_input_file_names_the_argument_and_the_paths_tried(tmp_path, capsys, monkeypatch):

@@ -237,11 +237,11 @@ def settings_from_run_config(rc: dict[str, Any]) -> Settings:
     """Validate the run config; raise ValueError with a one-line, actionable message."""
     strategy = choose("strategy", str(rc["strategy"]), STRATEGIES)
     rule, extraction, aggregation = STRATEGIES[strategy]
-    num_clients = int(rc["num-clients"])
+    num_clients = typed(rc, "num-clients", int)
     if num_clients < 2:
         raise ValueError(f"num-clients must be at least 2, got {num_clients}")
     return Settings(
-        num_rounds=int(positive("num-server-rounds", int(rc["num-server-rounds"]))),
+        num_rounds=int(positive("num-server-rounds", typed(rc, "num-server-rounds", int))),
         results_dir=str(rc["results-dir"]),
         dataset=choose("dataset", str(rc["dataset"]), DATASETS),
         data_path=str(rc["data-path"]),
@@ -251,43 +251,43 @@ def settings_from_run_config(rc: dict[str, Any]) -> Settings:
         extraction=choose("extraction", str(rc["extraction"]) or extraction, EXTRACTIONS),
         aggregation=choose("aggregation", str(rc["aggregation"]) or aggregation, AGGREGATIONS),
         score=choose("score", str(rc["score"]), SCORES),
-        budget=float(rc["budget"]),
+        budget=typed(rc, "budget", float),
         budget_cost=choose("budget-cost", str(rc["budget-cost"]), BUDGET_COSTS),
         score_histogram=text_only(rc, "score-histogram", HISTOGRAMS),
         size_unit=text_only(rc, "size-unit", SIZE_UNITS),
-        width_min=float(rc["width-min"]),
-        width_max=float(rc["width-max"]),
+        width_min=typed(rc, "width-min", float),
+        width_max=typed(rc, "width-max", float),
         width_caps=parse_per_client("width-cap", rc["width-cap"], num_clients, broadcast=True),
-        local_epochs=int(positive("local-epochs", int(rc["local-epochs"]))),
-        batch_size=int(positive("batch-size", int(rc["batch-size"]))),
-        lr=positive("lr", float(rc["lr"])),
+        local_epochs=int(positive("local-epochs", typed(rc, "local-epochs", int))),
+        batch_size=int(positive("batch-size", typed(rc, "batch-size", int))),
+        lr=positive("lr", typed(rc, "lr", float)),
         optimizer=choose("optimizer", str(rc["optimizer"]), OPTIMIZERS),
-        momentum=non_negative("momentum", float(rc["momentum"])),
-        embed_dim=int(positive("embed-dim", int(rc["embed-dim"]))),
-        hidden_dim=int(positive("hidden-dim", int(rc["hidden-dim"]))),
-        scaler=bool(rc["scaler"]),
-        seed=int(rc["seed"]),
-        test_fraction=float(rc["test-fraction"]),
-        dirichlet_alpha=positive("dirichlet-alpha", float(rc["dirichlet-alpha"])),
-        min_count=int(rc["min-count"]),
-        wait_seconds=positive("wait-seconds", float(rc["wait-seconds"])),
-        round_timeout=positive("round-timeout", float(rc["round-timeout"])),
+        momentum=non_negative("momentum", typed(rc, "momentum", float)),
+        embed_dim=int(positive("embed-dim", typed(rc, "embed-dim", int))),
+        hidden_dim=int(positive("hidden-dim", typed(rc, "hidden-dim", int))),
+        scaler=typed(rc, "scaler", bool),
+        seed=typed(rc, "seed", int),
+        test_fraction=typed(rc, "test-fraction", float),
+        dirichlet_alpha=positive("dirichlet-alpha", typed(rc, "dirichlet-alpha", float)),
+        min_count=typed(rc, "min-count", int),
+        wait_seconds=positive("wait-seconds", typed(rc, "wait-seconds", float)),
+        round_timeout=positive("round-timeout", typed(rc, "round-timeout", float)),
         score_values=parse_score_values(str(rc["score"]), rc["score-values"], num_clients),
         text_column=str(rc["text-column"]),
         client_column=str(rc["client-column"]),
-        max_title_words=at_least("max-title-words", int(rc["max-title-words"]), 2),
+        max_title_words=at_least("max-title-words", typed(rc, "max-title-words", int), 2),
         vocab_path=str(rc["vocab-path"]),
         class_names=parse_class_names(str(rc["dataset"]), rc["class-names"]),
         init_from=str(rc["init-from"]),
-        save_model=bool(rc["save-model"]),
-        one_exchange=bool(rc["one-exchange"]),
+        save_model=typed(rc, "save-model", bool),
+        one_exchange=typed(rc, "one-exchange", bool),
         secure_stats=secure_stats(rc, num_clients),
         vocab_candidates=str(rc["vocab-candidates"]),
         min_train_clients=min_train_clients(rc, num_clients),
-        fraction_train=fraction("fraction-train", float(rc["fraction-train"])),
-        fraction_evaluate=fraction("fraction-evaluate", float(rc["fraction-evaluate"])),
-        round_deadline=non_negative("round-deadline", float(rc["round-deadline"])),
-        reply_poll=poll_interval(float(rc["reply-poll"])),
+        fraction_train=fraction("fraction-train", typed(rc, "fraction-train", float)),
+        fraction_evaluate=fraction("fraction-evaluate", typed(rc, "fraction-evaluate", float)),
+        round_deadline=non_negative("round-deadline", typed(rc, "round-deadline", float)),
+        reply_poll=poll_interval(typed(rc, "reply-poll", float)),
         resume_from=str(rc["resume-from"]),
     )
 
@@ -314,6 +314,24 @@ def poll_interval(value: float) -> float:
     return value
 
 
+def typed(rc: dict[str, Any], key: str, kind: type) -> Any:
+    """``rc[key]`` as ``kind`` (bool, int or float), or a one-line ValueError that names the key:
+    `flwr run --run-config "budget='abc'"` says which key, and "false" never reads as true."""
+    value = rc[key]
+    if kind is bool:
+        if not isinstance(value, bool):
+            raise ValueError(f"run-config key {key} must be true or false, got {value!r}")
+        return value
+    try:
+        number = kind(value)
+    except (TypeError, ValueError):
+        number = None
+    if number is None or isinstance(value, bool) or (kind is int and number != value):
+        raise ValueError(f"run-config key {key} must be {'a whole number' if kind is int else 'a number'}, "
+                         f"got {value!r}")
+    return number
+
+
 def non_negative(key: str, value: float) -> float:
     if value < 0 or not math.isfinite(value):
         raise ValueError(f"{key} must be 0 or a positive number, got {value}")
@@ -323,7 +341,7 @@ def non_negative(key: str, value: float) -> float:
 def secure_stats(rc: dict[str, Any], num_clients: int) -> bool:
     """secure-stats needs >= 3 clients (with two, each learns the other's counts from the pooled
     ones) and, for text, a vocabulary that is not made from clear word counts."""
-    if not bool(rc["secure-stats"]):
+    if not typed(rc, "secure-stats", bool):
         return False
     if num_clients < 3:
         raise ValueError(f"secure-stats needs at least 3 clients, got num-clients={num_clients}: with two, each "
@@ -335,7 +353,7 @@ def secure_stats(rc: dict[str, Any], num_clients: int) -> bool:
 
 
 def min_train_clients(rc: dict[str, Any], num_clients: int) -> int:
-    value = int(rc["min-train-clients"])
+    value = typed(rc, "min-train-clients", int)
     if not 0 <= value <= num_clients:
         raise ValueError(f"min-train-clients must be 0 (every client) or 1..num-clients ({num_clients}), got {value}")
     return value

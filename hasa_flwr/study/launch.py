@@ -24,7 +24,7 @@ import numpy as np
 import tomllib
 
 from hasa_flwr.method.allocation import check_feasible, linear_cost
-from hasa_flwr.federation.config import Settings, settings_from_run_config
+from hasa_flwr.federation.config import Settings, settings_from_run_config, typed
 from hasa_flwr.study.processes import foreign_local_superlink
 
 FLWR_ENV = {
@@ -76,19 +76,9 @@ def merge_config(defaults: dict[str, Any], overrides: dict[str, Any]) -> dict[st
 
 
 def check_kind(key: str, value: Any, default: Any) -> None:
-    """A value of the default's kind, so that budget = "abc" fails here naming its key instead of
-    as a bare `could not convert string to float` (and "false" never reads as true)."""
-    if isinstance(default, bool):
-        if not isinstance(value, bool):
-            raise ValueError(f"run-config key {key} must be true or false, got {value!r}")
-    elif isinstance(default, (int, float)):
-        kind = "a whole number" if isinstance(default, int) else "a number"
-        try:
-            number = type(default)(value)
-        except (TypeError, ValueError):
-            number = None
-        if number is None or isinstance(value, bool) or (isinstance(default, int) and number != value):
-            raise ValueError(f"run-config key {key} must be {kind}, got {value!r}")
+    """A value of the default's kind, checked before any process starts (the ServerApp checks again)."""
+    if isinstance(default, (bool, int, float)):
+        typed({key: value}, key, type(default))
 
 
 def to_flwr_args(overrides: dict[str, Any]) -> str:
