@@ -131,15 +131,17 @@ def next_words(pred: Predictor, text: str, k: int = TOP_WORDS) -> tuple[list[str
 
 def load_image(path: str | Path, input_shape: list[int]) -> np.ndarray:
     """(1, C, H, W) float32 in [0, 1], in the model's colour mode and size (as data/imagefolder.py reads)."""
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image, ImageOps, UnidentifiedImageError
 
     channels, height, width = input_shape
     path = Path(path).expanduser()
     try:
         with Image.open(path) as img:
             img.load()
-            size = img.size
-            pixels = np.asarray(img.convert("L" if channels == 1 else "RGB"), dtype=np.uint8)
+            # a photo's EXIF orientation turns it upright, as HF `datasets` does for the training images
+            upright = ImageOps.exif_transpose(img)
+            size = upright.size
+            pixels = np.asarray(upright.convert("L" if channels == 1 else "RGB"), dtype=np.uint8)
     except FileNotFoundError:
         raise PredictError(f"image {path} not found: pass the path of an image file") from None
     except (UnidentifiedImageError, OSError) as err:

@@ -113,6 +113,9 @@ def test_split_then_vocab_equals_the_vocabulary_round(tmp_path, capsys):
     assert main(["split", str(tmp_path / "pooled.csv"), "--client-column", "publication", "--out",
                  str(tmp_path / "fed")]) == 0
     assert sorted(p.name for p in (tmp_path / "fed").iterdir()) == ["Alpha.csv", "Beta.csv"]
+    assert main(["split", str(tmp_path / "pooled.csv"), "--client-column", "publication", "--out",
+                 str(tmp_path / "new" / "deeper" / "fed")]) == 0  # missing parents are made, as for other outputs
+    assert sorted(p.name for p in (tmp_path / "new" / "deeper" / "fed").iterdir()) == ["Alpha.csv", "Beta.csv"]
     assert main(["vocab", str(tmp_path / "fed"), "--out", str(tmp_path / "v.txt"), "--seed", "3"]) == 0
     fed = load_federated(Source("text", data_path=str(tmp_path / "fed"), num_clients=2, seed=3))
     assert read_vocab(tmp_path / "v.txt") == fed.vocab

@@ -257,6 +257,16 @@ def test_every_format_gives_the_same_titles(tmp_path):
     assert ("design", "for", "humans") in first.train + first.test
 
 
+def test_a_spreadsheet_export_with_a_byte_order_mark_reads_the_same(tmp_path):
+    """Excel's "CSV UTF-8" (and Notepad's UTF-8 .txt) start with a byte-order mark."""
+    src = Source("text", max_title_words=24, seed=1)
+    plain = write_formats(tmp_path / "plain")
+    for kind in ("csv", "txt"):
+        marked = tmp_path / f"marked.{kind}"
+        marked.write_bytes(b"\xef\xbb\xbf" + plain[kind].read_bytes())
+        assert text_split(src, LOCAL, str(marked), "dev") == text_split(src, LOCAL, str(plain[kind]), "dev")
+
+
 def test_local_device_name_defaults_to_file_stem(tmp_path):
     path = write_formats(tmp_path)["csv"]
     assert text_split(Source("text"), LOCAL, str(path), "").name == "a"
@@ -337,7 +347,9 @@ def test_one_file_without_client_column(tmp_path):
         load_federated("text", data_path=str(tmp_path / "a.csv"), num_clients=2, seed=0)
 
 
-@pytest.mark.parametrize("content, match", [(None, "not found.*hasa vocab"), ("\n\n", "is empty")])
+@pytest.mark.parametrize("content, match", [(None, "not found.*hasa vocab"), ("\n\n", "is empty"),
+                                            ("how\nto\nhow\n", "lists a word twice"),
+                                            ("how\nThe\ndon't\n", "lists 2 word.s. titles never contain, e.g. 'The'")])
 def test_bad_vocab_file(tmp_path, content, match):
     if content is not None:
         (tmp_path / "v.txt").write_text(content)
@@ -420,6 +432,19 @@ def test_a_device_prepares_its_data_once(tmp_path):
     second = cached_tensors(src, str(path), "ux", vocab, tmp_path / "cache")
     assert len(list((tmp_path / "cache").glob("tensors-*.pt"))) == 2
     assert second.x_train.shape[0] + second.x_test.shape[0] == first.x_train.shape[0] + first.x_test.shape[0] + 1
+
+
+def test_two_devices_with_identical_files_keep_their_own_names(tmp_path):
+    """Without a client-name, a device is named after its file: two files with the same bytes under
+    different names (one cache folder, e.g. devices simulated on one machine) must not share an entry."""
+    from hasa_flwr.data.cache import cached_tensors
+
+    path = write_formats(tmp_path / "dev")["csv"]
+    twin = tmp_path / "dev" / "twin.csv"
+    twin.write_bytes(path.read_bytes())
+    src, vocab = Source("text", seed=2), ["<pad>", "<unk>", "how", "to", "the", "of"]
+    names = [cached_tensors(src, str(p), "", vocab, tmp_path / "cache").name for p in (path, twin)]
+    assert names == [path.stem, "twin"]
 
 
 def test_simulated_clients_partition_one_file_once(tmp_path):

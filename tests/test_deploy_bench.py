@@ -175,3 +175,24 @@ def test_bench_deploy_bad_options(tmp_path, args, message):
     lines = [line for line in out.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and message in lines[0], out.stderr
     assert not (tmp_path / "o").exists()
+
+
+def test_private_keys_are_owner_only_from_the_first_byte(tmp_path):
+    """Even under umask 000, and over a key file that was world-readable."""
+    import os
+    import stat
+
+    from hasa_flwr.study.credentials import make_node_keys, make_tls_files
+
+    (tmp_path / "keys").mkdir()
+    (tmp_path / "keys" / "dev").write_text("old")
+    os.chmod(tmp_path / "keys" / "dev", 0o644)
+    old = os.umask(0)
+    try:
+        private, public = make_node_keys(tmp_path / "keys", "dev")
+        tls = make_tls_files(tmp_path)
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(private.stat().st_mode) == 0o600 and stat.S_IMODE(tls.server_key.stat().st_mode) == 0o600
+    assert private.read_bytes().startswith(b"-----BEGIN OPENSSH PRIVATE KEY-----")
+    assert stat.S_IMODE(public.stat().st_mode) == 0o666  # public: the umask's

@@ -303,3 +303,26 @@ def test_mac_cost_counts_the_image_size():
     assert float(mac_cost(model)(np.array([0.5]))[0]) == pytest.approx(half / full, rel=1e-12)
     with pytest.raises(ValueError, match="too small"):
         WidthCNN(CLASSES, C1, C2, image_size=(1, 6))
+
+
+def test_predict_turns_a_photo_upright_as_training_does(tmp_path):
+    """A camera JPEG stored sideways with an EXIF orientation: HF `datasets` turns the training images
+    upright, so `hasa predict` must see the same pixels."""
+    from datasets import Features, Image as HFImage
+    from PIL import Image
+
+    from hasa_flwr.predict import load_image
+
+    img = Image.new("RGB", (6, 4))
+    for x in range(6):
+        for y in range(4):
+            img.putpixel((x, y), (40 * x, 60 * y, 0))
+    exif = img.getexif()
+    exif[0x0112] = 6  # Orientation: rotate 90 degrees clockwise to view
+    path = tmp_path / "sideways.jpg"
+    img.save(path, exif=exif, quality=100)
+    trained = Features({"image": HFImage()}).decode_example({"image": {"path": str(path), "bytes": None}})["image"]
+    assert trained.size == (4, 6)
+    x = load_image(path, [3, 6, 4])
+    assert x.shape == (1, 3, 6, 4)
+    assert np.array_equal((x[0] * 255).round().astype(np.uint8), np.asarray(trained.convert("RGB")).transpose(2, 0, 1))

@@ -3,8 +3,9 @@
 In deployment every message runs in a fresh process; without this cache each one re-reads and
 re-encodes the device's file (importing HF `datasets` and pandas on the way). Two stages, keyed by
 what shapes them: (file sha256, text column, seed, test fraction, words per title, name) -> the
-split titles; + the agreed vocabulary's hash -> the tensors. A changed file or vocabulary simply
-gets new keys. Entries are written to a temp file and renamed, so a crash never leaves half a file.
+split titles; + the agreed vocabulary's hash -> the tensors. The file's name is in the key too (its
+suffix picks the reader, its stem is the default client name), and so is ``FORMAT``: a change to how
+titles are cleaned, split or stored must bump it. A changed file or vocabulary simply gets new keys. Entries are written to a temp file and renamed, so a crash never leaves half a file.
 
 Simulated clients that share one file (a client column) keep their splits here too: partitioning
 the file takes HF `datasets` and flwr-datasets (~2 s of imports), which every run's Ray actors would
@@ -29,6 +30,9 @@ from .files import resolve_path
 from .text import TextSplit, encode_split, vocab_hash
 
 
+FORMAT = 2  # 2: keys name the file (two identical files under different names once shared an entry)
+
+
 def default_cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "hasa-flwr"
 
@@ -49,13 +53,13 @@ def file_digest(path: Path) -> str:
     return h.hexdigest()
 
 
-def _key(shape: list) -> str:
+def _key(path: Path, shape: list) -> str:
     """A cache entry's name from everything that shapes it."""
-    return hashlib.sha256(json.dumps(shape).encode()).hexdigest()[:24]
+    return hashlib.sha256(json.dumps([FORMAT, file_digest(path), path.name, *shape]).encode()).hexdigest()[:24]
 
 
 def _split_key(src: Source, path: Path, name: str) -> str:
-    return _key([file_digest(path), src.text_column, src.seed, src.test_fraction, src.max_title_words, name])
+    return _key(path, [src.text_column, src.seed, src.test_fraction, src.max_title_words, name])
 
 
 def _write(path: Path, write) -> None:
@@ -90,8 +94,8 @@ def cached_partition(src: Source, partition_id: int, cache_dir: Path) -> TextSpl
     path = resolve_path(src.data_path)
     if not path.is_file():  # one file per client: read directly
         return text_split(src, partition_id)
-    key = _key([file_digest(path), src.client_column, src.text_column, src.num_clients, src.seed, src.test_fraction,
-                src.max_title_words, partition_id])
+    key = _key(path, [src.client_column, src.text_column, src.num_clients, src.seed, src.test_fraction,
+                      src.max_title_words, partition_id])
     return _stored_split(cache_dir / f"partition-{key}.json", lambda: text_split.__wrapped__(src, partition_id))
 
 

@@ -73,9 +73,10 @@ def read_table(path: Path):
     kwargs = {}
     try:
         if suffix == ".csv":  # every column as text, empty cells as '' (no type guessing per chunk)
-            with path.open(newline="", encoding="utf-8") as f:
+            # utf-8-sig: a spreadsheet's byte-order mark is not part of the first column's name
+            with path.open(newline="", encoding="utf-8-sig") as f:
                 header = next(csv.reader(f), [])
-            kwargs = {"keep_default_na": False,
+            kwargs = {"keep_default_na": False, "encoding": "utf-8-sig",
                       "features": datasets.Features({c: datasets.Value("string") for c in header})}
         with tempfile.TemporaryDirectory(prefix="hasa-hf-") as cache:
             table = datasets.load_dataset(TABLE_SUFFIXES[suffix], data_files=str(path), split="train",
@@ -94,7 +95,7 @@ def read_column(path: Path, column: str) -> list[str]:
         raise DataError(f"data file {path} not found: check this device's data-path")
     if path.suffix.lower() in TEXT_SUFFIXES:
         try:
-            lines = path.read_text(encoding="utf-8").splitlines()
+            lines = path.read_text(encoding="utf-8-sig").splitlines()
         except (OSError, UnicodeDecodeError) as err:
             raise DataError(f"cannot read {path} ({type(err).__name__}): it must be UTF-8 text, one title per "
                             "line") from err

@@ -7,11 +7,9 @@ server learns no client's word counts).
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
-from .atomic import write_text_atomic
+from .atomic import atomic_path, write_text_atomic
 from .clients import LOCAL, Source, federation_vocab, text_split
 from .core import DataError
 from .files import SUFFIXES, client_files, read_table, resolve_path
@@ -35,15 +33,10 @@ def split_by_column(path: str | Path, client_column: str, out: str | Path) -> li
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         raise DataError(f"{out} is not empty: choose a new folder for the per-client files")
-    written = []
-    with tempfile.TemporaryDirectory(dir=out.parent if out.parent.exists() else None) as tmp:
+    with atomic_path(out, folder=True) as tmp:  # the whole folder appears at once, or nothing
         for value in values:
-            frame[frame[client_column] == value].to_csv(Path(tmp) / f"{value}.csv", index=False)
-        out.mkdir(parents=True, exist_ok=True)
-        for value in values:
-            os.replace(Path(tmp) / f"{value}.csv", out / f"{value}.csv")
-            written.append(out / f"{value}.csv")
-    return written
+            frame[frame[client_column] == value].to_csv(tmp / f"{value}.csv", index=False)
+    return [out / f"{value}.csv" for value in values]
 
 
 def vocab_from_files(paths: list[str], *, text_column: str = "title", min_count: int = 2, seed: int = 0,

@@ -99,6 +99,10 @@ def read_words(path: str | Path, key: str, build: str) -> list[str]:
         raise DataError(f"{key} {path} is empty: build it with `{build} {path}`")
     if len(set(words)) != len(words):
         raise DataError(f"{key} {path} lists a word twice: one word per line, each once")
+    unusable = [w for w in words if clean_title(w) != [w]]  # titles are cleaned: such a word would never match
+    if unusable:
+        raise DataError(f"{key} {path} lists {len(unusable)} word(s) titles never contain, e.g. {unusable[0]!r}: "
+                        f"words are lowercase letters a-z only; rebuild it with `{build} {path}`")
     return words
 
 
