@@ -58,6 +58,10 @@ def test_runs_seed_major_and_resumes(tmp_path):
     ("[axes]\nlr = []\n[arms]\nu = {strategy='uniform'}\n", "non-empty list"),
     ("bogus = 1\n[arms]\nu = {strategy='uniform'}\n", "unknown key"),
     ("[axes]\nm = [{name='a b', lr=0.1}]\n[arms]\nu = {strategy='uniform'}\n", "folder|letters"),
+    ("[axes]\nmodel = [{embed-dim=64}, {hidden-dim=64}]\n[arms]\nu = {strategy='uniform'}\n",
+     "two cells are named 'model-64'.*name ="),
+    ("[axes]\nlr = [0.1]\nopt = [{lr=0.01, optimizer='sgd'}]\n[arms]\nu = {strategy='uniform'}\n",
+     "axes 'lr' and 'opt' both set lr"),
 ])
 def test_bad_grid_files_name_the_problem(tmp_path, text, match):
     with pytest.raises(ValueError, match=match):
@@ -68,3 +72,16 @@ def test_unknown_cell_is_an_error(tmp_path):
     with pytest.raises(ValueError, match="unknown cell"):
         run_grid(ROOT, read_grid(write(tmp_path)), tmp_path / "map", cells=["nope"], runner=FakeRunner(),
                  progress=False)
+
+
+def test_a_bad_late_cell_fails_before_the_first_run(tmp_path):
+    """Cross-field checks (here the budget against the width caps, which needs the data) run for
+    every cell x arm up front: the last cell's error comes before any run, with the cell's name."""
+    text = GRID.replace("lr = [0.001, 0.01]", "budget = [0.5, 0.95]").replace(
+        'model = [{ name = "small", embed-dim = 4, hidden-dim = 8 }, { embed-dim = 8, hidden-dim = 16 }]', "")
+    grid = read_grid(write(tmp_path, text))
+    assert [c.name for c in grid.cells] == ["budget-0.5", "budget-0.95"]
+    runner = FakeRunner()
+    with pytest.raises(ValueError, match="^grid cell budget-0.95: .*budget"):
+        run_grid(ROOT, grid, tmp_path / "map", runner=runner, progress=False)
+    assert runner.calls == [] and not (tmp_path / "map").exists()

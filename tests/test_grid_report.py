@@ -118,22 +118,46 @@ def test_paired_deltas_use_only_the_common_seeds(tmp_path):
     assert early["baseline"]["mean"] == pytest.approx(0.50)
 
 
-def test_pooled_pairs_every_cell_of_a_group(tmp_path):
+def test_pooled_groups_are_tested_over_seeds_not_cell_seed_pairs(tmp_path):
+    """Cells share each seed's split: per seed the mean over the group's cells, then paired over the
+    seeds that every cell with pairs has (C's seeds 3-4 would weigh C alone)."""
     summary = summarize_map(load_map(make_map(tmp_path)), rounds=[4])
     groups = {g["cells"]: g["arms"]["hasa"]["4"] for g in summary["pooled"]}
     assert list(groups) == ["all cells", "lr = 0.001", "lr = 0.01", "lr = 0.1", "model = small", "model = big"]
-    # all cells: A's 3 common seeds, B's 3, C's 5 (D's uniform and hasa share no seed)
-    hasa = A_HASA["mean"] + [0.6 + 0.01 * k + [0.001, -0.001, 0.0005][k] for k in range(3)] + \
-        [0.7 - 0.01 * k + C_DIFF[k] for k in range(5)]
-    uniform = A_UNIFORM["mean"][:3] + [0.6 + 0.01 * k for k in range(3)] + [0.7 - 0.01 * k for k in range(5)]
+    # all cells: A, B and C on their common seeds 0-2 (D's uniform and hasa share no seed: left out)
+    hasa = [np.mean([A_HASA["mean"][k], 0.6 + 0.01 * k + [0.001, -0.001, 0.0005][k], 0.7 - 0.01 * k + C_DIFF[k]])
+            for k in range(3)]
+    uniform = [np.mean([A_UNIFORM["mean"][k], 0.6 + 0.01 * k, 0.7 - 0.01 * k]) for k in range(3)]
     every = groups["all cells"]
-    assert every["n"] == 11 and every["mean"]["n"] == 11
+    assert every["n"] == 3 and every["seeds"] == [0, 1, 2] and every["n_cells"] == 3 and every["mean"]["n"] == 3
     assert every["mean"]["delta_pp"] == pytest.approx(100 * np.mean(np.array(hasa) - np.array(uniform)))
     assert every["mean"]["wilcoxon_p"] == pytest.approx(sps.wilcoxon(hasa, uniform).pvalue)
-    assert groups["lr = 0.001"]["n"] == 6 and groups["model = small"]["n"] == 8
+    assert groups["lr = 0.01"]["seeds"] == [0, 1, 2, 3, 4] and groups["lr = 0.01"]["n_cells"] == 1
+    assert groups["lr = 0.001"]["n"] == 3 and groups["model = small"]["n_cells"] == 2
     assert groups["lr = 0.1"]["n"] == 0 and groups["lr = 0.1"]["mean"] is None  # never started: empty
+    assert summary["pooled_unit"].startswith("seed")
     text = write_grid_report(tmp_path / "map", rounds=[4])["grid.md"].read_text()
-    assert "## Pooled over cells" in text and "| lr = 0.1 | - |" in text
+    assert "## Pooled over cells" in text and "| lr = 0.1 | - |" in text and "/3 seeds)" in text
+
+
+def test_the_screen_says_where_its_p_criterion_cannot_fire(tmp_path):
+    """The smallest two-sided Wilcoxon p of n pairs is 2 / 2^n: at 3 seeds 0.25, never below 0.2."""
+    from hasa_flwr.study.grid_report import screen_markdown
+    from hasa_flwr.study.stats import min_wilcoxon_p
+
+    assert [min_wilcoxon_p(n) for n in (0, 1, 3, 4)] == [1.0, 1.0, 0.25, 0.125]
+    assert paired_p([1e-3, 2e-3, 3e-3]) == pytest.approx(min_wilcoxon_p(3))
+    assert paired_p([1e-3 * k for k in range(1, 11)]) == pytest.approx(min_wilcoxon_p(10))
+    summary = summarize_map(load_map(make_map(tmp_path)), rounds=[2, 4])
+    assert summary["screen_min_p"] == {"3": 0.25, "5": 0.0625}
+    text = "\n".join(screen_markdown(summary))
+    assert "(3 pairs: 0.250, 5 pairs: 0.062); with 3 pairs or fewer only |Δ mean| >= 0.3 pp can flag a cell" in text
+
+
+def paired_p(diffs):
+    from hasa_flwr.study.stats import paired
+
+    return paired(diffs, [0.0] * len(diffs))["wilcoxon_p"]
 
 
 def test_baseline_lands_over_all_its_seeds(tmp_path):
@@ -200,7 +224,7 @@ def test_writes_json_markdown_and_heat_maps_through_the_cli(tmp_path, capsys):
     for arm in ("hasa", "hasa-selective"):
         png = out / f"grid_{arm}.png"
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
-    assert not list(out.glob(".tmp-*")) and not (root / "grid.json").exists()
+    assert not list(out.glob(".*")) and not (root / "grid.json").exists()  # no temp file left behind
 
 
 def test_without_the_grid_file_the_axes_come_from_the_cells(tmp_path):
@@ -290,6 +314,13 @@ def test_a_grid_file_in_a_repository_is_shown_by_its_path_there(tmp_path):
     assert in_repository(str(tmp_path / "wt" / "benchmarks" / "map" / "g.toml")) == "benchmarks/map/g.toml"
     assert in_repository(str(tmp_path / "loose" / "g.toml")) == str(tmp_path / "loose" / "g.toml")
     assert in_repository(None) is None
+    # the worktree is gone: the file as the repository holding the map has it
+    (tmp_path / "repo" / ".git").mkdir(parents=True)
+    (tmp_path / "repo" / "benchmarks" / "map" / "out").mkdir(parents=True)
+    (tmp_path / "repo" / "benchmarks" / "map" / "g.toml").write_text("")
+    gone = str(tmp_path / "gone-wt" / "benchmarks" / "map" / "g.toml")
+    assert in_repository(gone, tmp_path / "repo" / "benchmarks" / "map" / "out") == "benchmarks/map/g.toml"
+    assert in_repository(gone, tmp_path / "loose") == gone
 
 
 def test_best_round_tells_a_late_gain_from_a_baseline_that_over_fits(tmp_path):

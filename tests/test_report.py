@@ -78,9 +78,19 @@ def test_paired_all_equal_differences():
     assert zero["mean_diff"] == 0.0 and zero["wilcoxon_p"] == 1.0 and zero["ttest_p"] == 1.0 and zero["wins"] == 0
     shifted = paired([x + 0.01 for x in a], a)  # constant non-zero difference: t undefined, never NaN
     assert shifted["wins"] == 3 and shifted["mean_diff"] == pytest.approx(0.01)
-    assert shifted["ttest_p"] is None or math.isfinite(shifted["ttest_p"])
+    assert shifted["ttest_p"] is None
     assert shifted["wilcoxon_p"] is None or 0 < shifted["wilcoxon_p"] <= 1
     json.dumps(shifted, allow_nan=False)
+
+
+def test_constant_differences_have_no_t_test_up_to_float_rounding():
+    """scipy says 0.0 for exactly constant differences and 1e-31 for ones that differ in the 17th
+    digit: both are a t-test without spread, undefined, not 'certain'."""
+    assert paired([2, 3, 4], [1, 2, 3])["ttest_p"] is None
+    assert paired([0.11, 0.12, 0.13], [0.10, 0.11, 0.12])["ttest_p"] is None  # d = 0.01 +- 1e-17
+    assert paired([-0.5, -0.5], [0.0, 0.0])["ttest_p"] is None
+    spread = paired([0.11, 0.12, 0.14], [0.10, 0.11, 0.12])
+    assert spread["ttest_p"] == pytest.approx(sps.ttest_rel([0.11, 0.12, 0.14], [0.10, 0.11, 0.12]).pvalue)
 
 
 def test_spearman():
@@ -128,6 +138,7 @@ def test_report_schema_and_numbers(tmp_path):
     assert "| hasa | 5 |" in md and "4/5" in md
     for name in ("per_client.png", "convergence.png", "score_vs_width.png"):
         assert (tmp_path / name).stat().st_size > 1000
+    assert not list(tmp_path.glob(".*"))  # every output written whole: no temp file left behind
     assert not (tmp_path / "score_vs_need.png").exists()
 
 
@@ -205,6 +216,68 @@ def test_calibration_analysis_and_score_vs_need(tmp_path):
     assert "## Score validity, all data sets" in md and md.count("| synthetic | 2 |") == 2
 
 
+def calibration_folder(root, accs_full, accs_low, config=None):
+    """A `hasa calibrate` folder: width-1.0 and width-0.5 runs per seed with the given accuracies."""
+    for k, (full, low) in enumerate(zip(accs_full, accs_low)):
+        for name, acc, width in (("width-1.0", full, 1.0), ("width-0.5", low, 0.5)):
+            res = fake_results("uniform", k, [0.0] * len(acc), widths=[width] * len(acc))
+            for c, a in zip(res["clients"], acc):
+                c["accuracy"] = a
+            res["config"] = {**res["config"], **(config or {}), "seed": k, "budget": width}
+            path = root / name / f"seed-{k}" / "results.json"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(res))
+    return root
+
+
+def test_a_client_without_accuracy_is_left_out_of_the_calibration_with_a_note(tmp_path, monkeypatch):
+    from hasa_flwr.study import report
+
+    monkeypatch.setattr(report, "client_scores", lambda config: {s: np.arange(7.0) for s in ("jsd", "entropy", "loss")})
+    low = [[0.1] * 7, [0.1] * 7]
+    full = [[0.1 + 0.01 * i for i in range(7)], [0.1 + 0.01 * i for i in range(7)]]
+    full[1][3] = None  # client 3's evaluation failed on seed 1 at width 1.0
+    calib = report.write_calibration(calibration_folder(tmp_path, full, low))
+    assert [c["partition_id"] for c in calib["clients"]] == [0, 1, 2, 4, 5, 6]
+    assert calib["skipped"] == ["client 3, no accuracy in width 1.0 seed 1"]
+    assert calib["spearman"]["jsd"]["rho"] == pytest.approx(1.0)  # scores of the kept clients, by partition id
+    assert [c["need"] for c in calib["clients"]] == pytest.approx([0.0, 0.01, 0.02, 0.04, 0.05, 0.06])
+    assert "Left out (a null accuracy: its evaluation failed): client 3" in (tmp_path / "calibration.md").read_text()
+    assert not list(tmp_path.glob(".*"))  # written whole: no temp file left behind
+
+
+def test_a_recorded_data_path_from_another_machine_is_looked_up_under_hasa_data_dir(tmp_path, monkeypatch):
+    from hasa_flwr.data.files import resolve_path
+    from hasa_flwr.study.report import recorded_data_path
+
+    (tmp_path / "medium_data.csv").write_text("title,publication\n")
+    monkeypatch.setenv("HASA_DATA_DIR", str(tmp_path))
+    elsewhere = "/home/someone/data/medium_data.csv"
+    assert recorded_data_path(elsewhere) == "medium_data.csv"
+    assert resolve_path(recorded_data_path(elsewhere)) == tmp_path / "medium_data.csv"
+    here = str(tmp_path / "medium_data.csv")
+    assert recorded_data_path(here) == here and recorded_data_path("sub/x.csv") == "sub/x.csv"
+    assert recorded_data_path("") == ""
+
+
+def test_calibration_scores_count_the_runs_score_histogram():
+    """`score-histogram = tokens` scores clients on their words, as client.py sends them."""
+    from conftest import ROOT
+
+    from hasa_flwr.federation.config import Settings, settings_from_run_config
+    from hasa_flwr.method.scores import jsd_scores
+    from hasa_flwr.study.launch import app_defaults
+    from hasa_flwr.study.report import client_scores
+
+    config = settings_from_run_config({**app_defaults(ROOT), "embed-dim": 8, "hidden-dim": 8}).to_dict()
+    fed = Settings.from_dict(config).load_data()
+    by = {h: jsd_scores(np.stack([c.label_counts(fed.num_classes, h) for c in fed.clients]))
+          for h in ("targets", "tokens")}
+    assert not np.allclose(by["targets"], by["tokens"])
+    for h in ("targets", "tokens"):
+        assert np.allclose(client_scores({**config, "score_histogram": h})["jsd"], by[h])
+
+
 def test_compare_adds_the_strategies_a_folder_lacks(tmp_path):
     main_runs, ablation = tmp_path / "runs", tmp_path / "ablation"
     make_sweep(main_runs)
@@ -247,3 +320,18 @@ def test_runs_recorded_before_user_data_are_not_a_different_data_set(tmp_path):
             res["config"]["dataset"] = dataset
             path.write_text(json.dumps(res))
     assert not [w for w in summarize_sweep(load_runs(tmp_path))["warnings"] if "dataset" in w]
+
+
+def test_a_figure_that_fails_to_save_leaves_no_file(tmp_path, monkeypatch):
+    """Plots are written whole or not at all: a folder being watched never shows half a PNG."""
+    from hasa_flwr.study.report import _pyplot, save
+
+    fig = _pyplot().figure()
+
+    def broken(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(fig, "savefig", broken)
+    with pytest.raises(OSError, match="disk full"):
+        save(fig, tmp_path / "plot.png")
+    assert not list(tmp_path.iterdir())

@@ -310,3 +310,101 @@ def test_resume_refuses_another_thread_count(tmp_path):
     assert runner.calls == [] and (out / "sweep.json").read_text() == before and not (out / "hasa" / "seed-1").exists()
     outcome = run_fake(out, runner, seeds=(0, 1), federation_config="client-resources-num-cpus=2")
     assert outcome.done == ["uniform/seed-1", "hasa/seed-1"]
+
+
+def test_resume_refuses_another_shared_config(tmp_path):
+    """sweep.json keeps the first invocation's shared config: adding seeds or strategies with another
+    lr is refused (no finished run of theirs is compared), the same settings resume; a labelled
+    ablation's own --set values are not shared; a sweep.json from before it was kept is not checked."""
+    out = tmp_path / "runs"
+    run_fake(out, FakeRunner(), strategies=("uniform",), seeds=(0,))
+    assert json.loads((out / "sweep.json").read_text())["shared_config"]["lr"] == 0.02
+    runner = FakeRunner()
+    with pytest.raises(SweepError, match=r"another config \(lr: recorded 0.02, now 0.1\): use another --out"):
+        run_fake(out, runner, strategies=("hasa",), seeds=(1,), sets={"lr": 0.1})
+    assert runner.calls == [] and not (out / "hasa").exists()
+    assert run_fake(out, FakeRunner(), strategies=("hasa",), seeds=(1,)).done == ["hasa/seed-1"]
+    labelled = run_fake(out, FakeRunner(), strategies=("hasa",), seeds=(0,), sets={"lr": 0.1}, label="hasa-lr")
+    assert labelled.done == ["hasa-lr/seed-0"]
+    manifest = json.loads((out / "sweep.json").read_text())
+    del manifest["shared_config"]
+    (out / "sweep.json").write_text(json.dumps(manifest))
+    assert run_fake(out, FakeRunner(), strategies=("hasa",), seeds=(2,), sets={"lr": 0.1}).done == ["hasa/seed-2"]
+
+
+def test_sweep_json_has_no_fixed_temp_name(tmp_path):
+    """Two processes on one folder must not share a temp file: a leftover at the old fixed name
+    (here a folder, which a write would fail on) is never touched."""
+    out = tmp_path / "runs"
+    (out / ".sweep.json.tmp").mkdir(parents=True)
+    assert len(run_fake(out, FakeRunner(), seeds=(0,)).done) == 2
+    assert json.loads((out / "sweep.json").read_text())["runs"]["hasa/seed-0"]["status"] == "done"
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith(".")) == [".sweep.json.tmp"]
+
+
+class StoppableRunner:
+    """Starts a run (its id in the log) and waits until `flwr_stop` stops it; records the order."""
+
+    def __init__(self, live_before_interrupt=None):
+        import threading
+
+        self.started, self.stopped = [], []
+        self.lock, self.events = threading.Lock(), {}
+        self.live_before_interrupt = live_before_interrupt
+
+    def stop(self, run_id):
+        self.stopped.append(run_id)
+        self.events[run_id].set()
+
+    def __call__(self, config, *, num_supernodes, federation_config="", log=None):
+        import signal
+        import threading
+
+        with self.lock:
+            self.started.append((config["strategy"], config["seed"]))
+            run_id = len(self.started)
+            self.events[run_id] = threading.Event()
+        log.write(f"Successfully started run {run_id}\n")
+        if run_id == self.live_before_interrupt:  # one Ctrl-C (to the main thread) once all are queued
+            threading.Timer(0.3, signal.pthread_kill, (threading.main_thread().ident, signal.SIGINT)).start()
+        stopped = self.events[run_id].wait(5)
+        return RunOutcome(run_id, None, None if stopped else "never stopped", 1)
+
+
+def test_ctrl_c_with_jobs_stops_live_runs_and_starts_no_queued_one(tmp_path, monkeypatch):
+    """--jobs 2, 6 runs: Ctrl-C while 2 are live stops both on the SuperLink, records them as
+    interrupted (not failed), starts none of the 4 queued ones and still ends the sweep."""
+    import time as _time
+
+    import hasa_flwr.study.sweep as sweep_module
+
+    runner = StoppableRunner(live_before_interrupt=2)
+    monkeypatch.setattr(sweep_module, "flwr_stop", runner.stop)
+    monkeypatch.setattr(sweep_module, "superlink_started", lambda: True)  # no SuperLink to wait for
+    out = tmp_path / "runs"
+    with pytest.raises(KeyboardInterrupt):
+        run_fake(out, runner, seeds=(0, 1, 2), jobs=2)
+    _time.sleep(0.3)
+    assert sorted(runner.started) == [("hasa", 0), ("uniform", 0)] and sorted(runner.stopped) == [1, 2]
+    runs = json.loads((out / "sweep.json").read_text())["runs"]
+    assert {k: r["status"] for k, r in runs.items()} == {"uniform/seed-0": "interrupted", "hasa/seed-0": "interrupted"}
+    assert not list(out.glob("*/seed-*/.flwr-results"))
+
+
+def test_ctrl_c_one_at_a_time_is_recorded_as_interrupted(tmp_path):
+    """The runner (flwr_run) stops its own run and re-raises: the sweep records it and stops."""
+    inner = FakeRunner()
+
+    def runner(config, **kw):
+        if config["strategy"] == "hasa":
+            kw["log"].write("Successfully started run 9\n")
+            raise KeyboardInterrupt
+        return inner(config, **kw)
+
+    out = tmp_path / "runs"
+    with pytest.raises(KeyboardInterrupt):
+        run_fake(out, runner, seeds=(0, 1))
+    runs = json.loads((out / "sweep.json").read_text())["runs"]
+    assert [c[:2] for c in inner.calls] == [("uniform", 0)]
+    assert runs["uniform/seed-0"]["status"] == "done" and runs["hasa/seed-0"] == {
+        "status": "interrupted", "seconds": runs["hasa/seed-0"]["seconds"], "run_id": 9}

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 from flwr.app import ConfigRecord, Context, Message, RecordDict
 
+from hasa_flwr.data.atomic import write_text_atomic
 from hasa_flwr.federation.config import Settings, settings_from_run_config
 from hasa_flwr.federation.loopback import LoopbackGrid
 from hasa_flwr.federation.phases import allocation_round, scores_round, vocabulary_round
@@ -108,10 +109,5 @@ def markdown(result: dict[str, Any], command: str) -> str:
 
 
 def write_allocations(result: dict[str, Any], out: Path, command: str) -> tuple[Path, Path]:
-    out.mkdir(parents=True, exist_ok=True)
-    md = out / "allocate.md"
     json_path = write_json_atomic(out / "allocate.json", {**result, "command": command})
-    tmp = md.with_name(".allocate.md.tmp")
-    tmp.write_text(markdown(result, command))
-    tmp.replace(md)
-    return json_path, md
+    return json_path, write_text_atomic(out / "allocate.md", markdown(result, command))

@@ -15,19 +15,22 @@ A grid file is written before anything runs and names everything the map will ho
 
 Layout: ``<out>/<cell>/<arm>/seed-<k>/results.json`` (each cell folder is an ordinary sweep
 folder, so `hasa report <out>/<cell>` works on it). Runs go seed-major across the whole grid, so
-a map stopped at any point has the same seeds in every cell; re-running resumes.
+a map stopped at any point has the same seeds in every cell; re-running resumes. Every cell x arm
+config (and its data and budget) is checked before the first run.
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from hasa_flwr.study.launch import read_toml
-from hasa_flwr.study.sweep import (Job, LABEL, Runner, SweepOutcome, base_config, default_runner, now_utc, parse_seeds,
-                                   run_jobs)
+from hasa_flwr.study.sweep import (Job, LABEL, Runner, SweepError, SweepOutcome, base_config, default_runner, now_utc,
+                                   parse_seeds, plan_jobs, run_jobs)
 
 
 @dataclass(frozen=True)
@@ -81,15 +84,55 @@ def read_grid(path: str | Path) -> Grid:
         if not LABEL.fullmatch(arm):
             raise ValueError(f"grid arm '{arm}' is not a plain folder name")
     per_axis = [[(axis, label, sets) for label, sets in _axis_values(axis, vals)] for axis, vals in axes.items()]
+    _check_axes_apart(path, per_axis)
     cells = []
     for combo in itertools.product(*per_axis):
         name = "__".join(f"{axis}-{label}" for axis, label, _ in combo) or "all"
         sets = {k: v for _, _, s in combo for k, v in s.items()}
         cells.append(Cell(name, {axis: label for axis, label, _ in combo}, sets))
+    _check_names_unique(path, cells)
     preset = raw.get("preset")
     return Grid(preset=Path(preset) if preset else None, seeds=parse_seeds(raw.get("seeds", "0-2")),
                 fixed=dict(raw.get("fixed") or {}), cells=cells, arms={a: dict(v) for a, v in arms.items()},
                 source=path.absolute())
+
+
+def _check_axes_apart(path: Path, per_axis: list[list[tuple[str, str, dict[str, Any]]]]) -> None:
+    """Two axes setting one key: the later would silently override the earlier in some cells."""
+    owner: dict[str, str] = {}
+    for values in per_axis:
+        axis = values[0][0]
+        for key in sorted({k for _, _, sets in values for k in sets}):
+            if key in owner:
+                raise ValueError(f"grid file {path}: axes '{owner[key]}' and '{axis}' both set {key}: "
+                                 "set each run-config key in one axis only")
+            owner[key] = axis
+
+
+def _check_names_unique(path: Path, cells: list[Cell]) -> None:
+    """One folder per cell: two cells with one name would run one's settings in the other's folder."""
+    seen: set[str] = set()
+    for cell in cells:
+        if cell.name in seen:
+            raise ValueError(f"grid file {path}: two cells are named '{cell.name}': give the table values of an "
+                             "axis distinct name = \"...\" labels")
+        seen.add(cell.name)
+
+
+def cell_jobs(grid: Grid, seeds: list[int]) -> list[Job]:
+    """A cell's runs: every arm for each seed, seed-major."""
+    return [Job(arm, seed, sets) for seed in seeds for arm, sets in grid.arms.items()]
+
+
+@contextlib.contextmanager
+def named(cell: Cell) -> Iterator[None]:
+    """An error raised inside names the cell it is about (a map has many)."""
+    try:
+        yield
+    except SweepError as err:
+        raise SweepError(f"grid cell {cell.name}: {err}") from None
+    except ValueError as err:
+        raise ValueError(f"grid cell {cell.name}: {err}") from None
 
 
 def resolve_preset(grid: Grid, app: Path) -> str | None:
@@ -112,20 +155,25 @@ def run_grid(app: Path, grid: Grid, out: Path, *, seeds: list[int] | None = None
     if cells is not None and len(chosen) != len(set(cells)):
         known = ", ".join(c.name for c in grid.cells)
         raise ValueError(f"unknown cell(s) in {', '.join(cells)}: the grid's cells are {known}")
-    bases = {c.name: base_config(app, preset, {**grid.fixed, **c.sets}) for c in chosen}
+    bases = {}
+    for cell in chosen:  # every cell x arm x seed as run_jobs checks it, before the first run
+        with named(cell):
+            bases[cell.name] = base_config(app, preset, {**grid.fixed, **cell.sets})
+            plan_jobs(out / cell.name, bases[cell.name], cell_jobs(grid, seeds or grid.seeds),
+                      federation_config=federation_config, parallel=jobs)
     runner = runner or default_runner(app, None, run_timeout)
     total, started = SweepOutcome(), now_utc()  # one invocation in each cell's sweep.json, however many seeds
     for seed in seeds or grid.seeds:
         for cell in chosen:
-            cell_jobs = [Job(arm, seed, sets) for arm, sets in grid.arms.items()]
             meta = {"kind": "grid", "grid": str(grid.source), "cell": cell.values, "preset": preset,
                     "overrides": {**grid.fixed, **cell.sets}, "app": str(app),
                     "strategies": list(grid.arms), "seeds": [seed]}
-            done = run_jobs(out / cell.name, bases[cell.name], cell_jobs, runner, federation_config=federation_config,
-                            keep_going=keep_going, progress=progress, meta=meta, command=command, parallel=jobs,
-                            started=started)
+            done = run_jobs(out / cell.name, bases[cell.name], cell_jobs(grid, [seed]), runner,
+                            federation_config=federation_config, keep_going=keep_going, progress=progress, meta=meta,
+                            command=command, parallel=jobs, started=started)
             total.done += done.done
             total.skipped += done.skipped
             total.failed += done.failed
             total.seconds.update({f"{cell.name}/{k}": v for k, v in done.seconds.items()})
     return total
+

@@ -13,6 +13,12 @@ Besides round counts, ``best`` reads each run at its own best round (the highest
 accuracy, the earliest of ties): what early stopping would keep. It tells "an arm pays late" from
 "the baseline over-fits by then". The round is chosen on the test splits (the runs hold no
 validation split), so it is an optimistic bound, the same for every arm; the screen ignores it.
+
+The screen's p criterion cannot fire on few seeds: the smallest two-sided Wilcoxon p of n pairs is
+2 / 2^n, 0.25 at the screen's 3 seeds, so there only |Δ mean| sends a cell on (grid.json's
+``screen_min_p`` and the printed screen say so). Pooled groups of cells are tested over seeds, not
+(cell, seed) pairs: cells share each seed's split, so the seed is the independent unit (``pooled``).
+No p-value is corrected for multiple comparisons.
 """
 
 from __future__ import annotations
@@ -20,7 +26,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import os
 import re
 import statistics
 from dataclasses import dataclass
@@ -30,14 +35,15 @@ from typing import Any
 import numpy as np
 
 from hasa_flwr.study.grid import read_grid
-from hasa_flwr.study.report import SUMMARIES, ReportError, _pyplot, empty_paired, load_runs, pct, pval
+from hasa_flwr.data.atomic import write_text_atomic
+from hasa_flwr.study.report import SUMMARIES, ReportError, _pyplot, empty_paired, load_runs, pct, pval, save
 from hasa_flwr.federation.results import write_json_atomic
-from hasa_flwr.study.stats import describe, paired
+from hasa_flwr.study.stats import describe, min_wilcoxon_p, paired
 
 DEFAULT_ROUNDS = (8, 20, 40)
 BEST = "best"              # each run at its own best round (module docstring)
 SCREEN_DELTA_PP = 0.3      # the grid files' screen: |delta mean| >= 0.3 points ...
-SCREEN_P = 0.2             # ... or p < 0.2 at any round count sends a cell to seeds 0-9
+SCREEN_P = 0.2             # ... or p < 0.2 at any round count sends a cell to seeds 0-9 (needs >= 4 pairs)
 SCREEN_SEEDS = range(10)
 CELL_AXIS = "cell"         # the one coordinate of cells whose sweep.json names no axis values
 
@@ -126,15 +132,20 @@ def _inferred_order(found: dict[str, MapCell]) -> tuple[dict[str, list[str]], li
     return axes, cells
 
 
-def in_repository(recorded: str | None) -> str | None:
+def in_repository(recorded: str | None, folder: Path | None = None) -> str | None:
     """The grid file as a reader of a committed map can use it: its path inside its git repository
-    (a grid run from a worktree records an absolute path that only existed on that machine)."""
+    (a grid run from a worktree records an absolute path that only existed on that machine). Once
+    that worktree is gone, the same file inside the repository that holds the map ``folder``."""
     if not recorded:
         return recorded
     path = Path(recorded)
     for root in path.parents:
         if (root / ".git").exists():
             return path.relative_to(root).as_posix()
+    repo = next((r for r in Path(folder).absolute().parents if (r / ".git").exists()), None) if folder else None
+    for k in range(1, len(path.parts)) if repo else ():
+        if (repo / Path(*path.parts[k:])).is_file():
+            return Path(*path.parts[k:]).as_posix()
     return recorded
 
 
@@ -158,7 +169,7 @@ def load_map(folder: Path) -> GridMap:
         hint = (f"; {folder} holds a sweep.json, so it is a sweep folder: use `hasa report {folder}`"
                 if (folder / "sweep.json").is_file() else f": run `hasa grid GRID.toml --out {folder}` first")
         raise ReportError(f"no grid cell (<cell>/<arm>/seed-<k>/results.json) under {folder}{hint}")
-    shown = in_repository(grid_file)
+    shown = in_repository(grid_file, folder)
     ordered = _order_from_grid_file(grid_file if grid_file and Path(grid_file).is_file() else shown, found)
     grid_file = shown
     if ordered is not None:
@@ -288,32 +299,46 @@ def round_label(rnd: int | str) -> str:
 
 
 def pooled(gmap: GridMap, baseline: str, arms: list[str], rounds: list[int | str]) -> list[dict[str, Any]]:
-    """Arm - baseline over every (cell, seed) pair of a group of cells: all cells, then each value of
-    each axis. A cell's few seeds cannot show a pattern that many cells share; the pooled pairs can
-    (pairs of different cells are different settings on shared seeds: a direction, not one cell's test)."""
+    """Arm - baseline over a group of cells: all cells, then each value of each axis. A cell's few
+    seeds cannot show a pattern that many cells share; the group's seeds can (pooled_over_seeds)."""
     groups = [("all cells", gmap.cells)] if len(gmap.cells) > 1 else []
     groups += [(f"{axis} = {value}", [c for c in gmap.cells if c.values.get(axis) == value])
                for axis, values in gmap.axes.items() if len(values) > 1 for value in values]
-    out = []
-    for label, cells in groups:
-        entry: dict[str, Any] = {"cells": label, "arms": {}}
-        for arm in arms:
-            entry["arms"][arm] = {}
-            for r in rounds:
-                pairs = []
-                for cell in cells:
-                    a, b = _values(cell.runs.get(arm, {}), r), _values(cell.runs.get(baseline, {}), r)
-                    pairs += [(a[k], b[k]) for k in sorted(set(a) & set(b))]
-                entry["arms"][arm][str(r)] = {"n": len(pairs), **{s: _pooled_stat(pairs, s) for s in SUMMARIES}}
-        out.append(entry)
-    return out
+    return [{"cells": label, "arms": {arm: {str(r): pooled_over_seeds(cells, arm, baseline, r) for r in rounds}
+                                      for arm in arms}} for label, cells in groups]
 
 
-def _pooled_stat(pairs: list[tuple[dict[str, float], dict[str, float]]], summary: str) -> dict[str, Any] | None:
-    if not pairs:
+def pooled_over_seeds(cells: list[MapCell], arm: str, baseline: str, rnd: int | str) -> dict[str, Any]:
+    """Per seed the mean over cells, then the paired test over seeds: cells share each seed's split,
+    so (cell, seed) pairs are not independent and the seed is the unit. Only the seeds that every
+    cell with pairs has count, so each seed averages the same cells (a screen's extra seeds go to
+    the cells it picked by their Δ: averaging them in would bias the pooled Δ toward them)."""
+    paired_cells = []
+    for cell in cells:
+        a, b = _values(cell.runs.get(arm, {}), rnd), _values(cell.runs.get(baseline, {}), rnd)
+        if set(a) & set(b):
+            paired_cells.append((a, b))
+    seeds = sorted(set.intersection(*(set(a) & set(b) for a, b in paired_cells))) if paired_cells else []
+    entry: dict[str, Any] = {"n": len(seeds), "seeds": seeds, "n_cells": len(paired_cells) if seeds else 0}
+    for s in SUMMARIES:
+        entry[s] = _pooled_stat([np.mean([a[k][s] for a, _ in paired_cells]) for k in seeds],
+                                [np.mean([b[k][s] for _, b in paired_cells]) for k in seeds])
+    return entry
+
+
+def _pooled_stat(arm: list[float], base: list[float]) -> dict[str, Any] | None:
+    if not arm:
         return None
-    p = paired([a[summary] for a, _ in pairs], [b[summary] for _, b in pairs])
+    p = paired(arm, base)
     return {**p, "delta_pp": 100 * p["mean_diff"]}
+
+
+def screen_min_p(cells: list[dict[str, Any]], rounds: list[int | str]) -> dict[str, float]:
+    """The smallest p each number of paired seeds in the map can reach: where it is >= SCREEN_P, only
+    the |Δ| criterion can send a cell on (3 seeds: 0.25)."""
+    ns = {e["n"] for c in cells for by_round in c["arms"].values() for r in rounds if r != BEST
+          for e in [by_round[str(r)]] if e["n"]}
+    return {str(n): min_wilcoxon_p(n) for n in sorted(ns)}
 
 
 def summarize_map(gmap: GridMap, baseline: str = "uniform", rounds: list[int | str] | None = None) -> dict[str, Any]:
@@ -341,6 +366,8 @@ def summarize_map(gmap: GridMap, baseline: str = "uniform", rounds: list[int | s
             "rounds": rounds, "axes": gmap.axes,
             "screen_rule": f"|Δ mean| >= {SCREEN_DELTA_PP} pp or p < {SCREEN_P} (Wilcoxon; paired t where "
                            "Wilcoxon is undefined) at any round count, for any arm: run seeds 0-9",
+            "screen_min_p": screen_min_p(cells, rounds),
+            "pooled_unit": "seed: per seed the mean over the group's cells (the seeds they all have), then paired",
             "cells": cells, "pooled": pooled(gmap, baseline, arms, rounds)}
 
 
@@ -433,9 +460,10 @@ def pooled_markdown(summary: dict[str, Any]) -> list[str]:
         return []
     base, rounds = summary["baseline"], summary["rounds"]
     lines = ["", "## Pooled over cells", "",
-             f"Arm − {base} over every (cell, seed) pair of the cells named: Δ in percentage points, two-sided "
-             "Wilcoxon p, pairs where the arm is higher / pairs. Pairs of different cells are different settings "
-             "on shared seeds: a direction across the map, not a test of any one cell."]
+             f"Arm − {base} over the cells named: per seed the mean over the cells (only seeds every cell has), "
+             "then paired over seeds, since cells share each seed's split. Δ in percentage points, two-sided "
+             "Wilcoxon p, seeds where the arm is higher / seeds. A direction across the map, not a test of any "
+             "one cell; no correction for multiple comparisons."]
     for arm in summary["arms"]:
         for metric in SUMMARIES:
             lines += ["", f"`{arm}`, Δ {metric}:", "", "| cells | " + " | ".join(round_label(r) for r in rounds) + " |",
@@ -445,14 +473,14 @@ def pooled_markdown(summary: dict[str, Any]) -> list[str]:
                 for r in rounds:
                     st = g["arms"][arm][str(r)][metric]
                     cells.append("-" if st is None else
-                                 f"{st['delta_pp']:+.2f} (p {pval(screen_p(st))}, {st['wins']}/{st['n']})")
+                                 f"{st['delta_pp']:+.2f} (p {pval(screen_p(st))}, {st['wins']}/{st['n']} seeds)")
                 lines.append(f"| {g['cells']} | " + " | ".join(cells) + " |")
     return lines
 
 
 def screen_markdown(summary: dict[str, Any]) -> list[str]:
     flagged = [c for c in summary["cells"] if c["screen"]["flagged"]]
-    lines = ["## Screen", "", f"Rule: {summary['screen_rule']}.", ""]
+    lines = ["## Screen", "", f"Rule: {summary['screen_rule']}.", ""] + min_p_lines(summary.get("screen_min_p", {}))
     if not flagged:
         return lines + ["No cell meets the rule yet."]
     for c in flagged:
@@ -467,6 +495,16 @@ def screen_markdown(summary: dict[str, Any]) -> list[str]:
         lines += ["", f"    hasa grid {summary['grid'] or 'GRID.toml'} --out {summary['source']} --seeds {seeds} "
                       f"--cells {','.join(names)}"]
     return lines
+
+
+def min_p_lines(min_p: dict[str, float]) -> list[str]:
+    """Say where the p criterion cannot fire: too few pairs for any Wilcoxon p below SCREEN_P."""
+    if not min_p:
+        return []
+    where = ", ".join(f"{n} pairs: {pval(p)}" for n, p in min_p.items())
+    blind = [int(n) for n, p in min_p.items() if p >= SCREEN_P]
+    note = f"; with {max(blind)} pairs or fewer only |Δ mean| >= {SCREEN_DELTA_PP} pp can flag a cell" if blind else ""
+    return [f"Smallest attainable two-sided Wilcoxon p ({where}){note}.", ""]
 
 
 # ----------------------------------------------------------------------------- heat maps
@@ -494,7 +532,7 @@ def plot_arm(summary: dict[str, Any], arm: str, path: Path) -> Path:
         fig.colorbar(im, ax=list(axes[i]), shrink=0.9, label=f"Δ {metric} (pp)")
     fig.suptitle(f"{arm} − {summary['baseline']} (percentage points, paired over common seeds; "
                  f"blue: {arm} higher; grey: no pairs)", fontsize=10)
-    return _save_atomic(fig, path)
+    return save(fig, path, dpi=110)
 
 
 def _panel(ax, lay: Layout, grid: list[list[Any]], values: np.ndarray, metric: str, cmap, norm):
@@ -517,32 +555,6 @@ def _panel(ax, lay: Layout, grid: list[list[Any]], values: np.ndarray, metric: s
 # ----------------------------------------------------------------------------- writing
 
 
-def _tmp_beside(path: Path) -> Path:
-    return path.with_name(f".tmp-{os.getpid()}-{path.name}")
-
-
-def _save_atomic(fig, path: Path) -> Path:
-    """A readable PNG appears only when complete (a grid may be watched while it fills)."""
-    tmp = _tmp_beside(path)
-    try:
-        fig.savefig(tmp, dpi=110)
-        os.replace(tmp, path)
-    finally:
-        _pyplot().close(fig)
-        tmp.unlink(missing_ok=True)
-    return path
-
-
-def _write_text_atomic(path: Path, text: str) -> Path:
-    tmp = _tmp_beside(path)
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
-
-
 def write_grid_report(folder: Path, out: Path | None = None, baseline: str = "uniform",
                       rounds: list[int | str] | None = None) -> dict[str, Path]:
     """grid.json, grid.md and grid_<arm>.png into ``out`` (default: the grid folder)."""
@@ -551,7 +563,7 @@ def write_grid_report(folder: Path, out: Path | None = None, baseline: str = "un
     summary = summarize_map(load_map(folder), baseline, rounds)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"grid.json": write_json_atomic(out / "grid.json", summary),
-             "grid.md": _write_text_atomic(out / "grid.md", map_markdown(summary))}
+             "grid.md": write_text_atomic(out / "grid.md", map_markdown(summary))}
     for arm in summary["arms"]:
         paths[f"grid_{arm}.png"] = plot_arm(summary, arm, out / f"grid_{arm}.png")
     return paths

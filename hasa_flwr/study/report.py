@@ -2,7 +2,8 @@
 
 Accuracies are fractions in JSON (0.138, not 13.8); summary.md shows percentages for reading.
 Paired statistics compare each strategy with `uniform` over the seeds both have (matched seeds:
-the same split, initialisation and shuffling).
+the same split, initialisation and shuffling). Every p-value is per comparison: none is corrected
+for the several strategies and summaries compared.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from hasa_flwr.data.atomic import atomic_path, write_text_atomic
 from hasa_flwr.federation.config import STRATEGIES, upgrade_recorded
 from hasa_flwr.study.stats import describe, paired, spearman
 
@@ -284,11 +286,17 @@ def _pyplot():
     return plt
 
 
-def save(fig, path: Path) -> Path:
-    """Write a figure as PNG and free it (plots are made in loops over sweeps)."""
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    _pyplot().close(fig)
+def save(fig, path: Path, dpi: int = 120) -> Path:
+    """Write a figure whole or not at all (a folder may be watched while it fills) and free it
+    (plots are made in loops over sweeps). Figures without a layout engine get tight_layout."""
+    path = Path(path)
+    try:
+        if fig.get_layout_engine() is None:
+            fig.tight_layout()
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format=path.suffix.lstrip(".") or "png", dpi=dpi)
+    finally:
+        _pyplot().close(fig)
     return path
 
 
@@ -413,8 +421,8 @@ def write_report(folder: Path, calibration: Path | list[Path] | None = None, out
         summary["sweep"] = {k: m.get(k) for k in ("command", "preset", "overrides", "hardware")}
     out.mkdir(parents=True, exist_ok=True)
     paths = {"summary.json": out / "summary.json", "summary.md": out / "summary.md"}
-    paths["summary.json"].write_text(json.dumps(summary, indent=1) + "\n")
-    paths["summary.md"].write_text(summary_markdown(summary, calibs))
+    write_text_atomic(paths["summary.json"], json.dumps(summary, indent=1) + "\n")
+    write_text_atomic(paths["summary.md"], summary_markdown(summary, calibs))
     paths["per_client.png"] = plot_per_client(summary, out / "per_client.png")
     paths["convergence.png"] = plot_convergence(summary, out / "convergence.png")
     paths["score_vs_width.png"] = plot_score_vs_width(summary, out / "score_vs_width.png")
@@ -450,16 +458,35 @@ def client_scores(config: dict[str, Any]) -> dict[str, np.ndarray]:
     from hasa_flwr.method.scores import entropy_scores, jsd_scores
     from hasa_flwr.method.train import evaluate
 
-    data_path = str(config.get("data_path", ""))
-    if data_path and not Path(data_path).exists():
-        data_path = ""  # recorded on another machine: fall back to HASA_DATA_DIR
-    settings = Settings.from_dict({**config, "data_path": data_path})
+    settings = Settings.from_dict({**config, "data_path": recorded_data_path(str(config.get("data_path", "")))})
     fed = settings.load_data()
-    counts = np.stack([c.label_counts(fed.num_classes) for c in fed.clients])
+    counts = np.stack([c.label_counts(fed.num_classes, settings.score_histogram) for c in fed.clients])
     full = settings.initial_model(fed.num_classes, fed.input_shape)
     sub = settings.prefix_of(full, fed.num_classes, settings.budget)
     losses = np.array([evaluate(sub, c.x_train, c.y_train)["loss"] for c in fed.clients])
     return {"jsd": jsd_scores(counts), "entropy": entropy_scores(counts), "loss": losses}
+
+
+def recorded_data_path(path: str) -> str:
+    """A data-path recorded on another machine (absolute, missing here) as its file or folder name,
+    which resolve_path looks up under $HASA_DATA_DIR; a relative one is looked up there as it is."""
+    return Path(path).name if path and Path(path).is_absolute() and not Path(path).exists() else path
+
+
+def evaluated_clients(full: dict[int, dict], low: dict[int, dict], seeds: list[int]) -> tuple[list[int], list[str]]:
+    """Partition ids with an accuracy in both runs of every seed, and a note per client left out: a
+    failed evaluation records a null accuracy, and its need is unknown, not zero."""
+    acc = {(run, k): {c["partition_id"]: c["accuracy"] for c in by_seed[k]["clients"]}
+           for run, by_seed in (("width 1.0", full), ("width B", low)) for k in seeds}
+    pids = sorted({p for by_pid in acc.values() for p in by_pid})
+    kept, notes = [], []
+    for p in pids:
+        gaps = [f"{run} seed {k}" for (run, k), by_pid in acc.items() if by_pid.get(p) is None]
+        if gaps:
+            notes.append(f"client {p}, no accuracy in {', '.join(gaps)}")
+        else:
+            kept.append(p)
+    return kept, notes
 
 
 def calibration_analysis(folder: Path) -> dict[str, Any]:
@@ -479,23 +506,24 @@ def calibration_analysis(folder: Path) -> dict[str, Any]:
         if min(widths) < 1.0 - 1e-9:
             raise ReportError(f"{folder}/{full_name}/seed-{k}: widths {widths} are not all 1.0")
     budget = float(low[seeds[0]]["config"]["budget"])
-    names: dict[int, str] = {}
-    n_train = {c["partition_id"]: int(c["n_train"]) for c in low[seeds[0]]["clients"]}
+    pids, skipped = evaluated_clients(full, low, seeds)
+    if len(pids) < 2:
+        raise ReportError(f"{folder}: fewer than 2 clients have an accuracy in every run"
+                          + (f" ({'; '.join(skipped)})" if skipped else ""))
+    names = {c["partition_id"]: c["name"] for k in seeds for c in low[k]["clients"]}
+    n_train = {c["partition_id"]: int(c["n_train"]) for k in seeds for c in low[k]["clients"]}
     per_seed_need, per_seed_scores, acc_full, acc_low = [], {s: [] for s in CALIBRATION_SCORES}, [], []
     for k in seeds:
         a_full = {c["partition_id"]: c["accuracy"] for c in full[k]["clients"]}
         a_low = {c["partition_id"]: c["accuracy"] for c in low[k]["clients"]}
-        names.update({c["partition_id"]: c["name"] for c in low[k]["clients"]})
-        pids = sorted(a_full)
         acc_full.append([a_full[p] for p in pids])
         acc_low.append([a_low[p] for p in pids])
         per_seed_need.append([a_full[p] - a_low[p] for p in pids])
-        scores = client_scores(low[k]["config"])
+        scores = client_scores(low[k]["config"])  # indexed by partition id (the server's client number)
         for s in CALIBRATION_SCORES:
-            per_seed_scores[s].append(scores[s])
+            per_seed_scores[s].append(np.asarray(scores[s])[pids])
     need = np.mean(per_seed_need, axis=0)
     mean_scores = {s: np.mean(v, axis=0) for s, v in per_seed_scores.items()}
-    pids = sorted(names)
     clients = []
     for i, p in enumerate(pids):
         clients.append({"partition_id": p, "name": names[p], "need": float(need[i]),
@@ -510,7 +538,7 @@ def calibration_analysis(folder: Path) -> dict[str, Any]:
     sizes = np.array([c["n_train"] for c in clients], dtype=np.float64)
     return {"dataset": low[seeds[0]]["config"]["dataset"], "budget": budget, "seeds": seeds, "runs": _run_count(folder),
             "num_rounds": low[seeds[0]]["config"]["num_rounds"], "clients": clients, "spearman": rho,
-            "spearman_n_train": spearman(sizes, need),
+            "spearman_n_train": spearman(sizes, need), "skipped": skipped,
             "definition": "need_i = mean over seeds of accuracy_i(width 1.0) - accuracy_i(width B), uniform "
                           "allocation, prefix subnets; scores from training-split label counts (jsd, entropy) and "
                           "the initial supernet's loss at width B (loss), averaged over seeds"}
@@ -530,6 +558,8 @@ def calibration_markdown(calib: dict[str, Any]) -> str:
     sz = calib.get("spearman_n_train")
     if sz and sz["rho"] is not None:
         lines.append(f"| (n_train, for reference) | {sz['rho']:+.3f} | {pval(sz['p'])} | |")
+    if calib.get("skipped"):
+        lines += ["", "Left out (a null accuracy: its evaluation failed): " + "; ".join(calib["skipped"]) + "."]
     lines += ["", "| client | n_train | acc width 1.0 | acc width B | need (pp) | jsd | entropy | loss |",
               "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for c in calib["clients"]:
@@ -551,7 +581,7 @@ def write_calibration(folder: Path) -> dict[str, Any]:
     """calibration.json, calibration.md and score_vs_need.png in the calibration folder."""
     folder = Path(folder)
     calib = calibration_analysis(folder)
-    (folder / "calibration.json").write_text(json.dumps(calib, indent=1) + "\n")
-    (folder / "calibration.md").write_text(calibration_markdown(calib))
+    write_text_atomic(folder / "calibration.json", json.dumps(calib, indent=1) + "\n")
+    write_text_atomic(folder / "calibration.md", calibration_markdown(calib))
     plot_score_vs_need(calib, folder / "score_vs_need.png")
     return calib

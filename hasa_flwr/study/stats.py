@@ -13,6 +13,8 @@ import warnings
 import numpy as np
 from scipy import stats as sps
 
+SPREAD_RTOL = 1e-9  # differences this close to constant (relative to their size) have no spread: t is undefined
+
 
 def _finite(x: float) -> float | None:
     x = float(x)
@@ -39,7 +41,8 @@ def paired(values, baseline) -> dict[str, float | int | None]:
     mean_diff: mean of values - baseline. wilcoxon_p: two-sided Wilcoxon signed-rank test
     (zero differences dropped; 1.0 when every difference is zero). ttest_p: two-sided paired
     t-test (1.0 when every difference is zero; None when undefined: fewer than 2 pairs, or
-    constant non-zero differences). wins: pairs where values > baseline.
+    constant non-zero differences, also up to float rounding, where scipy would say 0.0 or 1e-31).
+    wins: pairs where values > baseline.
     """
     a = np.asarray(values, dtype=np.float64)
     b = np.asarray(baseline, dtype=np.float64)
@@ -60,9 +63,20 @@ def paired(values, baseline) -> dict[str, float | int | None]:
             out["wilcoxon_p"] = _finite(sps.wilcoxon(a, b).pvalue)
         except ValueError:
             out["wilcoxon_p"] = None
-        if d.size >= 2:
+        if d.size >= 2 and not constant(d):
             out["ttest_p"] = _finite(sps.ttest_rel(a, b).pvalue)
     return out
+
+
+def constant(d: np.ndarray) -> bool:
+    """No spread beyond float rounding: 0.11 - 0.10 and 0.12 - 0.11 differ in the 17th digit."""
+    return float(np.ptp(d)) <= SPREAD_RTOL * float(np.abs(d).max())
+
+
+def min_wilcoxon_p(n: int) -> float:
+    """The smallest two-sided exact Wilcoxon signed-rank p of n non-zero differences (all of one
+    sign): 2 / 2^n, so 0.25 at 3 pairs, 0.125 at 4, 0.002 at 10."""
+    return min(1.0, 2.0 ** (1 - n)) if n > 0 else 1.0
 
 
 def spearman(x, y) -> dict[str, float | int | None]:

@@ -3,13 +3,16 @@
 Layout: ``<out>/<name>/seed-<k>/results.json`` (+ ``flwr.log`` next to it) and ``<out>/sweep.json``
 (command lines, hardware, per-run wall times). A sweep is resumable: a run whose results.json exists
 is skipped, provided its recorded config matches what would be run now; otherwise it is an error
-(mixing configs in one folder would silently corrupt the paired statistics).
+(mixing configs in one folder would silently corrupt the paired statistics). sweep.json keeps the
+first invocation's shared config (`shared_config`), so a later one that adds other seeds or
+strategies with other settings is refused too.
 
 Runs are sequential by default (a simulation already uses every core); ``--jobs N`` runs N at once,
 each on its own Ray with 1/N of the cores, all through one local SuperLink (1/N of the cores is
 1/N of each client's torch threads, which changes float results: see `client_cpus`; a folder keeps
 one thread count). A failed run stops the sweep with its error line unless ``keep_going`` is set,
-in which case the failures are listed at the end.
+in which case the failures are listed at the end. Ctrl-C stops every run under way (and a queued run
+never starts); they are recorded as interrupted, and re-running the same command resumes.
 """
 
 from __future__ import annotations
@@ -25,12 +28,13 @@ import tempfile
 import time
 import threading
 import tomllib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import MISSING, dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from hasa_flwr.data.atomic import write_text_atomic
 from hasa_flwr.federation.config import STRATEGIES, Settings, settings_from_run_config, upgrade_recorded
 from hasa_flwr.study.launch import (RUN_ID, RunOutcome, app_defaults, app_snapshot, flwr_run, flwr_stop, merge_config,
                                    preflight, read_preset)
@@ -190,20 +194,28 @@ def settings_defaults() -> dict[str, Any]:
     return {f.name: f.default for f in fields(Settings) if f.default is not MISSING}
 
 
-def config_difference(recorded: dict[str, Any], expected: dict[str, Any]) -> list[str]:
-    """Human-readable differences between a recorded results.json config and the planned one."""
-    rec, exp = comparable(upgrade_recorded(recorded)), comparable(expected)
-    defaults = settings_defaults()  # a key added after a run was recorded counts as its default there
+def differences(recorded: dict[str, Any], now: dict[str, Any], keys: Iterable[str],
+                fallback: dict[str, Any] | None = None) -> list[str]:
+    """'key: recorded a, now b' for each of ``keys`` whose values differ (a list equals its tuple)."""
     diffs = []
-    for key in sorted(set(rec) | set(exp)):
-        a, b = rec.get(key, defaults.get(key, "<missing>")), exp.get(key, "<missing>")
-        if isinstance(a, list):
-            a = tuple(a)
-        if isinstance(b, list):
-            b = tuple(b)
+    for key in sorted(keys):
+        a, b = recorded.get(key, (fallback or {}).get(key, "<missing>")), now.get(key, "<missing>")
+        a, b = (tuple(x) if isinstance(x, list) else x for x in (a, b))
         if a != b:
             diffs.append(f"{key}: recorded {a!r}, now {b!r}")
     return diffs
+
+
+def shown(diffs: list[str]) -> str:
+    """The first three differences: an error stays one readable line."""
+    return "; ".join(diffs[:3]) + (f"; and {len(diffs) - 3} more" if len(diffs) > 3 else "")
+
+
+def config_difference(recorded: dict[str, Any], expected: dict[str, Any]) -> list[str]:
+    """Human-readable differences between a recorded results.json config and the planned one."""
+    rec, exp = comparable(upgrade_recorded(recorded)), comparable(expected)
+    # a key added after a run was recorded counts as its default there
+    return differences(rec, exp, set(rec) | set(exp), settings_defaults())
 
 
 def existing_result(run_dir: Path, expected: dict[str, Any]) -> bool:
@@ -218,10 +230,30 @@ def existing_result(run_dir: Path, expected: dict[str, Any]) -> bool:
         raise SweepError(f"{path} is unreadable ({type(err).__name__}): delete it to re-run that run") from err
     diffs = config_difference(recorded, expected)
     if diffs:
-        shown = "; ".join(diffs[:3]) + (f"; and {len(diffs) - 3} more" if len(diffs) > 3 else "")
-        raise SweepError(f"{path} was made with a different config ({shown}): use a new --out folder, or the "
+        raise SweepError(f"{path} was made with a different config ({shown(diffs)}): use a new --out folder, or the "
                          "same preset and --set values as before")
     return True
+
+
+def shared_config(base: dict[str, Any], jobs: list[Job]) -> dict[str, Any]:
+    """The run config every run in a folder shares: less operational keys, the seed and the keys a
+    job sets itself (its strategy, a grid arm's values, a labelled ablation's --set values)."""
+    own = {"seed", *(k.replace("_", "-") for k in OPERATIONAL), *(k for job in jobs for k in job.overrides)}
+    return {k: v for k, v in base.items() if k not in own}
+
+
+def check_shared_config(out: Path, shared: dict[str, Any]) -> None:
+    """SweepError when ``out`` was started with another shared config (a sweep.json from before it
+    was kept has none: then only finished runs are compared, by `existing_result`)."""
+    path = out / "sweep.json"
+    recorded = read_manifest(path).get("shared_config") if path.is_file() else None
+    if not isinstance(recorded, dict):
+        return
+    # keys one side leaves to each job (or that the app added since) are not shared: not compared
+    diffs = differences(recorded, shared, set(recorded) & set(shared))
+    if diffs:
+        raise SweepError(f"{out} holds runs of another config ({shown(diffs)}): use another --out folder, or the "
+                         "same preset and --set values as before")
 
 
 def strategy_jobs(strategies: list[str], seeds: list[int], label: str | None = None) -> list[Job]:
@@ -284,10 +316,16 @@ def command_line(argv: list[str] | None = None) -> str:
 
 
 def write_json(path: Path, payload: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(payload, indent=1) + "\n")
-    os.replace(tmp, path)
+    """Atomic with a temp name of its own: two processes on one folder never share a temp file."""
+    write_text_atomic(path, json.dumps(payload, indent=1) + "\n")
+
+
+def read_manifest(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise SweepError(f"{path} is unreadable ({type(err).__name__}): restore it, or use another --out folder") \
+            from None
 
 
 def now_utc() -> str:
@@ -300,7 +338,7 @@ def update_manifest(out: Path, meta: dict[str, Any], command: str, runs: bool = 
     invocation that ran something (``runs``; a resume that finds everything done adds no entry).
     ``started`` names the invocation: a grid calls this once per seed, and records one entry."""
     path = out / "sweep.json"
-    manifest = json.loads(path.read_text()) if path.is_file() else {}
+    manifest = read_manifest(path) if path.is_file() else {}
     for key, value in meta.items():
         if key == "strategies":  # a resumed or extended sweep: the union, first-seen order
             manifest[key] = list(dict.fromkeys([*manifest.get(key, []), *value]))
@@ -327,16 +365,20 @@ def update_manifest(out: Path, meta: dict[str, Any], command: str, runs: bool = 
 
 class LogTee:
     """File-like: writes the flwr output to a log file, reports round progress lines and
-    remembers the run id (to name the run that an interrupt stopped)."""
+    remembers the run id (to stop the run on Ctrl-C); ``on_start`` sees the id as soon as it is known."""
 
-    def __init__(self, path: Path, on_round: Callable[[int, float], None] | None = None) -> None:
+    def __init__(self, path: Path, on_round: Callable[[int, float], None] | None = None,
+                 on_start: Callable[[int], None] | None = None) -> None:
         self.file = path.open("w")
         self.on_round = on_round
+        self.on_start = on_start
         self.run_id: int | None = None
 
     def write(self, text: str) -> int:
         if self.run_id is None and (m := RUN_ID.search(text)):
             self.run_id = int(m.group(1))
+            if self.on_start is not None:
+                self.on_start(self.run_id)
         if self.on_round is not None and (m := ROUND_LINE.search(text)):
             self.on_round(int(m.group(1)), float(m.group(2)))
         return self.file.write(text)
@@ -403,7 +445,7 @@ def check_same_threads(out: Path, finished: list[str], federation_config: str) -
     """SweepError when this folder's finished runs trained with another thread count than the pending
     ones would (a resume with another --jobs): their pairs would differ beyond the seed."""
     path = out / "sweep.json"
-    recorded = json.loads(path.read_text()).get("runs", {}) if path.is_file() else {}
+    recorded = read_manifest(path).get("runs", {}) if path.is_file() else {}
     now = client_cpus(federation_config)
     for key in finished:
         before = recorded.get(key, {}).get("federation_config")  # runs recorded before it was kept: unknown
@@ -414,31 +456,58 @@ def check_same_threads(out: Path, finished: list[str], federation_config: str) -
                              f"--jobs, or pass --federation-config 'client-resources-num-cpus={client_cpus(before):g}'")
 
 
+@dataclass
+class Plan:
+    """The jobs of one folder, checked: their run configs, the ones left and the finished ones."""
+
+    configs: dict[str, dict[str, Any]]
+    pending: list[Job]
+    skipped: list[str]
+    shared: dict[str, Any]
+
+
+def plan_jobs(out: Path, base: dict[str, Any], jobs: list[Job], *, federation_config: str = "", parallel: int = 1,
+              check: bool = True) -> Plan:
+    """Validate every job and find the ones left, writing nothing: each error comes before any run.
+    ``check`` adds the data + budget pre-flight (a second), once per folder name (strategy or arm)."""
+    out = Path(out).absolute()
+    configs = {job.key: job_config(base, job) for job in jobs}
+    expected = {key: settings_from_run_config({**config, "results-dir": ""}).to_dict()
+                for key, config in configs.items()}
+    pending, skipped = [], []
+    for job in jobs:
+        if existing_result(out / job.name / f"seed-{job.seed}", expected[job.key]):
+            skipped.append(job.key)
+        else:
+            pending.append(job)
+    shared = shared_config(base, jobs)
+    check_shared_config(out, shared)
+    if pending:
+        first = expected[pending[0].key]["num_clients"]
+        check_same_threads(out, skipped, job_resources(federation_config, first, parallel))
+    if check:
+        first_of_each: dict[str, Job] = {}
+        for job in pending:
+            first_of_each.setdefault(job.name, job)
+        for job in first_of_each.values():
+            preflight({**configs[job.key], "results-dir": str(out)})
+    return Plan(configs, pending, skipped, shared)
+
+
 def run_jobs(out: Path, base: dict[str, Any], jobs: list[Job], runner: Runner, *, federation_config: str = "",
              keep_going: bool = False, progress: bool = True, meta: dict[str, Any] | None = None,
              command: str | None = None, check: bool = True, parallel: int = 1,
              started: str | None = None) -> SweepOutcome:
     """Run every job not already finished in ``out``, ``parallel`` at a time; see the module docstring."""
     out = Path(out).absolute()
-    configs = {job.key: job_config(base, job) for job in jobs}
-    expected = {}
-    for job in jobs:  # every name and value is validated before anything starts
-        expected[job.key] = settings_from_run_config({**configs[job.key], "results-dir": ""}).to_dict()
-    outcome = SweepOutcome()
-    pending = []
-    for job in jobs:
-        if existing_result(out / job.name / f"seed-{job.seed}", expected[job.key]):
-            outcome.skipped.append(job.key)
-        else:
-            pending.append(job)
-    if pending:
-        first = expected[pending[0].key]["num_clients"]
-        check_same_threads(out, outcome.skipped, job_resources(federation_config, first, parallel))
-    if pending and check:
-        preflight({**configs[pending[0].key], "results-dir": str(out)})  # data + budget, in a second
-    manifest = update_manifest(out, {**(meta or {}), "jobs": parallel}, command or command_line(), runs=bool(pending),
-                               started=started)
+    plan = plan_jobs(out, base, jobs, federation_config=federation_config, parallel=parallel, check=check)
+    configs, pending = plan.configs, plan.pending
+    outcome = SweepOutcome(skipped=plan.skipped)
+    first_write = not (out / "sweep.json").is_file()  # an older sweep.json keeps having no shared_config
+    meta = {**(meta or {}), "jobs": parallel, **({"shared_config": plan.shared} if first_write else {})}
+    manifest = update_manifest(out, meta, command or command_line(), runs=bool(pending), started=started)
     lock = threading.Lock()  # the manifest, the outcome and the bar are shared by the workers
+    stopping = threading.Event()  # Ctrl-C: stop the live runs, start no other
 
     bar = None
     if progress:
@@ -451,7 +520,30 @@ def run_jobs(out: Path, base: dict[str, Any], jobs: list[Job], runner: Runner, *
         say(f"{len(outcome.skipped)} of {len(jobs)} runs already finished in {out}: skipped")
     running: dict[str, LogTee] = {}
 
+    def stop_late(run_id: int) -> None:
+        """A run whose id shows only after Ctrl-C was handled: stop it too."""
+        if stopping.is_set():
+            flwr_stop(run_id)
+
+    def stop_live() -> None:
+        """Ctrl-C with --jobs N: a worker thread's flwr run does not see it, so stop each one here."""
+        stopping.set()
+        for key, log in list(running.items()):
+            if log.run_id is not None:
+                flwr_stop(log.run_id)
+                say(f"interrupted: stopped Flower run {log.run_id} ({key})")
+
+    def interrupted(job: Job, run_id: int | None, seconds: float, tmp: Path) -> None:
+        """A run that Ctrl-C stopped: neither done nor failed, and re-run on resume."""
+        with lock:
+            outcome.seconds[job.key] = seconds
+            manifest["runs"][job.key] = {"status": "interrupted", "seconds": round(seconds, 2), "run_id": run_id}
+            write_json(out / "sweep.json", manifest)
+        shutil.rmtree(tmp, ignore_errors=True)
+
     def run_one(job: Job) -> None:
+        if stopping.is_set():  # queued when Ctrl-C came
+            return
         run_dir = out / job.name / f"seed-{job.seed}"
         tmp = run_dir / ".flwr-results"
         shutil.rmtree(tmp, ignore_errors=True)
@@ -465,16 +557,22 @@ def run_jobs(out: Path, base: dict[str, Any], jobs: list[Job], runner: Runner, *
             if bar is not None:
                 bar.set_postfix_str(f"{key} round {r}/{total} mean {acc:.4f}")
 
-        log = LogTee(run_dir / "flwr.log", on_round)
+        log = LogTee(run_dir / "flwr.log", on_round, stop_late)
         running[job.key] = log
         resources = job_resources(federation_config, settings.num_clients, parallel)
         start = time.perf_counter()
         try:
             result = runner(config, num_supernodes=settings.num_clients, federation_config=resources, log=log)
+        except KeyboardInterrupt:  # one at a time: the runner stopped its own run
+            interrupted(job, log.run_id, time.perf_counter() - start, tmp)
+            raise
         finally:
             log.close()
             running.pop(job.key, None)
         seconds = time.perf_counter() - start
+        if result.results is None and stopping.is_set():
+            interrupted(job, result.run_id, seconds, tmp)
+            return
         res = json.loads(result.results.read_text()) if result.results is not None else None
         if res is not None and not res.get("summary"):  # no client evaluated: useless for the statistics
             result = RunOutcome(result.run_id, None, "results.json has no evaluated client", result.returncode)
@@ -514,34 +612,36 @@ def run_jobs(out: Path, base: dict[str, Any], jobs: list[Job], runner: Runner, *
             for job in pending:
                 run_one(job)
         else:
-            run_parallel(pending, run_one, parallel)
+            run_parallel(pending, run_one, parallel, stop_live)
         outcome.wall = time.perf_counter() - began
-    except KeyboardInterrupt:
-        for key, log in list(running.items()):  # a worker thread's flwr run does not see the Ctrl-C
-            if log.run_id is not None:
-                flwr_stop(log.run_id)
-                say(f"interrupted: stopped Flower run {log.run_id} ({key})")
-        raise
     finally:
         if bar is not None:
             bar.close()
     return outcome
 
 
-def run_parallel(pending: list[Job], run_one: Callable[[Job], None], parallel: int) -> None:
+def run_parallel(pending: list[Job], run_one: Callable[[Job], None], parallel: int,
+                 on_interrupt: Callable[[], None] = lambda: None) -> None:
     """``parallel`` workers; the first run starts alone until it is under way, so that only one
-    process starts the shared local SuperLink. A failure (without --keep-going) stops new runs."""
+    process starts the shared local SuperLink. A failure (without --keep-going) stops new runs.
+    Ctrl-C cancels the queued runs and calls ``on_interrupt`` (stop the live ones) before waiting
+    for the workers: leaving the pool waits for them, and would start every queued run first."""
     from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 
     if not pending:
         return
     with ThreadPoolExecutor(max_workers=parallel) as pool:
-        first = pool.submit(run_one, pending[0])
-        deadline = time.monotonic() + 60.0
-        while not first.done() and time.monotonic() < deadline and not superlink_started():
-            time.sleep(0.5)
-        futures = [first] + [pool.submit(run_one, job) for job in pending[1:]]
-        done, not_done = wait(futures, return_when=FIRST_EXCEPTION)
+        try:
+            first = pool.submit(run_one, pending[0])
+            deadline = time.monotonic() + 60.0
+            while not first.done() and time.monotonic() < deadline and not superlink_started():
+                time.sleep(0.5)
+            futures = [first] + [pool.submit(run_one, job) for job in pending[1:]]
+            done, not_done = wait(futures, return_when=FIRST_EXCEPTION)
+        except KeyboardInterrupt:
+            pool.shutdown(wait=False, cancel_futures=True)
+            on_interrupt()
+            raise
         for f in not_done:
             f.cancel()
         for f in done:
@@ -570,7 +670,10 @@ def sweep(app: Path, out: Path, *, preset: str | None, strategies: list[str], se
             "preset_config": read_preset(preset) if preset else {}, "overrides": sets, "app": str(app),
             "federation_config": federation_config or f"num-supernodes={base['num-clients']}",
             "strategies": strategies, "seeds": seeds, **({"label": label} if label else {})}
-    return run_jobs(out, base, strategy_jobs(strategies, seeds, label), runner or default_runner(app, env, run_timeout),
+    runs = strategy_jobs(strategies, seeds, label)
+    if label:  # an ablation's --set values are its own, as a strategy is: they may differ from its neighbours'
+        runs = [Job(job.name, job.seed, {**{k: base[k] for k in sets}, **job.overrides}) for job in runs]
+    return run_jobs(out, base, runs, runner or default_runner(app, env, run_timeout),
                     federation_config=federation_config, keep_going=keep_going, progress=progress, meta=meta,
                     command=command, parallel=jobs)
 
