@@ -24,6 +24,20 @@ def medium_csv() -> Path | None:
     return path if path is not None and path.is_file() else None
 
 
+@pytest.fixture(autouse=True)
+def own_flower_home(tmp_path_factory, monkeypatch):
+    """Every test's own FLWR_HOME and local SuperLink ports: a test that starts `flwr run` by way of
+    `hasa` in this process (or a regression that makes a bad-input test do so) never uses or leaves
+    a SuperLink in the user's home or on the default ports. Tests that start Flower on purpose pass
+    their own environment (flower_procs) over this one."""
+    from hasa_flwr.study.processes import free_ports
+
+    http, control = free_ports(2)
+    monkeypatch.setenv("FLWR_HOME", str(tmp_path_factory.mktemp("flwr-home")))
+    monkeypatch.setenv("FLWR_LOCAL_SUPERLINK_HTTP_API_PORT", str(http))
+    monkeypatch.setenv("FLWR_LOCAL_CONTROL_API_PORT", str(control))
+
+
 @pytest.fixture
 def task_identity():
     """Flower 1.41's Message() reads the run, node and task ids of the process it runs in: give them ones."""

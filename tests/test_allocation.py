@@ -35,7 +35,7 @@ def problems(draw, equal_caps: bool = False):
         caps = np.array(draw(st.lists(st.floats(w_min, 1.0), min_size=m, max_size=m)), dtype=np.float64)
     shares = sizes / sizes.sum()
     ceiling = float(shares @ caps)
-    # budget exactly at w_min is covered by test_budget_exactly_width_min (a known failure)
+    # budget exactly at w_min is covered by test_budget_exactly_width_min (once a known failure, now fixed)
     frac = draw(st.floats(1e-6, 1.0))
     budget = max(w_min, min(w_min + frac * (ceiling - w_min), ceiling))
     return dict(scores=scores, sizes=sizes, w_min=w_min, w_max=w_max, caps=caps, budget=budget, shares=shares)

@@ -31,7 +31,8 @@ def test_simulation_floor_runs_the_noop_app(tmp_path, superlink):
     from hasa_flwr.study.bench import simulation_floor
 
     seconds = simulation_floor(tmp_path, rounds=3, num_clients=2,
-                               federation_config="num-supernodes=2 client-resources-num-cpus=1", env=superlink)
+                               federation_config="num-supernodes=2 client-resources-num-cpus=1", env=superlink,
+                               timeout=600)
     assert len(seconds) == 3 and all(s > 0 for s in seconds)
     assert (tmp_path / "noop" / "noop_app.py").is_file()
 

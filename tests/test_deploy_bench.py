@@ -21,20 +21,44 @@ from hasa_flwr.study.noop_app import write_noop_app
 from hasa_flwr.federation.polling import PromptGrid, prompt
 
 
+class FakeClock:
+    """Time that passes only when the code under test sleeps: a test checks the sleeps it asks for,
+    not how fast this machine is."""
+
+    def __init__(self) -> None:
+        self.now, self.sleeps = 0.0, []
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
+
+
+@pytest.fixture
+def clock(monkeypatch) -> FakeClock:
+    from hasa_flwr.federation import polling
+
+    fake = FakeClock()
+    monkeypatch.setattr(polling, "time", fake)
+    return fake
+
+
 class SlowGrid:
     """Replies (only their reply-to ids) become available ``delays`` seconds after the push."""
 
-    def __init__(self, delays: list[float]) -> None:
-        self.delays, self.pulls = delays, 0
+    def __init__(self, delays: list[float], clock: FakeClock) -> None:
+        self.delays, self.pulls, self.clock = delays, 0, clock
 
     def push_messages(self, messages):
-        self.pushed = time.monotonic()
+        self.pushed = self.clock.monotonic()
         self.ids = [f"m{i}" for i, _ in enumerate(messages)]
         return list(self.ids)
 
     def pull_messages(self, ids):
         self.pulls += 1
-        now, ready = time.monotonic(), []
+        now, ready = self.clock.monotonic(), []
         for i, d in zip(self.ids, self.delays):
             if i in ids and now - self.pushed >= d:
                 ready.append(SimpleNamespace(metadata=SimpleNamespace(reply_to_message_id=i)))
@@ -46,22 +70,21 @@ def messages(n: int) -> list[SimpleNamespace]:
     return [SimpleNamespace(dst_node_id=i + 1) for i in range(n)]
 
 
-def test_prompt_grid_collects_replies_at_its_interval():
-    slow = SlowGrid([0.1, 0.3, 0.5])
-    start = time.monotonic()
+def test_prompt_grid_collects_replies_at_its_interval(clock):
+    slow = SlowGrid([0.1, 0.3, 0.5], clock)
     replies = PromptGrid(slow, 0.05).send_and_receive(messages(3), timeout=10)
-    took = time.monotonic() - start
     assert sorted(m.metadata.reply_to_message_id for m in replies) == ["m0", "m1", "m2"]
-    assert 0.5 <= took < 1.5          # Flower's HttpGrid would sleep 3 s after its first empty pull
-    assert slow.pulls >= 5
+    # it checks every 0.05 s and returns at the first check after the last reply (Flower's HttpGrid
+    # sleeps 3 s after each empty pull)
+    assert clock.sleeps and all(s == 0.05 for s in clock.sleeps)
+    assert 0.5 <= clock.now < 0.5 + 0.05 + 1e-9 and slow.pulls == len(clock.sleeps) + 1
 
 
-def test_prompt_grid_returns_what_came_before_the_timeout():
-    slow = SlowGrid([0.05, 30.0])
-    start = time.monotonic()
+def test_prompt_grid_returns_what_came_before_the_timeout(clock):
+    slow = SlowGrid([0.05, 30.0], clock)
     replies = PromptGrid(slow, 0.5).send_and_receive(messages(2), timeout=0.4)
     assert [m.metadata.reply_to_message_id for m in replies] == ["m0"]
-    assert time.monotonic() - start < 1.0   # the last sleep is cut to the timeout
+    assert clock.sleeps == [0.4] and slow.pulls == 2   # the sleep is cut to the timeout, then one last pull
 
 
 class EngineState:

@@ -59,7 +59,9 @@ def test_synthetic_hasa_two_rounds(superlink, tmp_path):
     # HASA: the widest subnet goes to a client with the highest score
     by_score = sorted(res["clients"], key=lambda c: c["score"])
     assert by_score[-1]["width"] >= by_score[0]["width"]
-    assert "mean" in log and "worst" in log  # the per-client table was printed
+    # the per-client table was printed: its header, then one row per client
+    assert re.search(r"^\s*id\s+client\s+n_train\s+score\s+width\s+acc\s+majority\s+full\s*$", log, re.M), log[-3000:]
+    assert all(re.search(rf"^\s*{c['partition_id']}\s+{re.escape(c['name'])}\s", log, re.M) for c in res["clients"])
     check_saved_models(outcome.results)
     # init-from a saved supernet whose sizes do not fit the run stops it in one line
     bad, log = run(superlink, tmp_path / "b", {**SMALL, "hidden-dim": 48, "init-from": str(outcome.results.parent)})
@@ -168,27 +170,31 @@ def test_ctrl_c_stops_the_run_on_the_superlink(superlink, tmp_path):
     """Ctrl-C in a terminal (SIGINT to the process group) ends `flwr run` and stops the run itself."""
     config = {**SMALL, "num-server-rounds": 500, "results-dir": str(tmp_path / "results")}
     code = ("import sys; from pathlib import Path; from hasa_flwr.study.launch import flwr_run; "
-            f"flwr_run(Path({str(ROOT)!r}), {config!r}, num_supernodes=7, log=sys.stdout)")
+            f"flwr_run(Path({str(ROOT)!r}), {config!r}, num_supernodes=7, log=sys.stdout, timeout=600)")
     # a terminal delivers Ctrl-C; pytest itself may run with SIGINT ignored (e.g. started as a background
     # job of a non-interactive shell), and an ignored SIGINT is inherited: restore the terminal's default
     proc = subprocess.Popen([sys.executable, "-c", code], env={**os.environ, **superlink}, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    seen, run_id = [], None
-    try:
+    seen, found, training = [], {}, threading.Event()
+
+    def read() -> None:  # to the end: a full pipe would block the child's last writes and its exit
         for line in proc.stdout:
             seen.append(line)
-            if run_id is None and (m := re.search(r"Successfully started run (\d+)", line)):
-                run_id = int(m.group(1))
-            if run_id is not None and "[ROUND 1/" in line:
-                os.killpg(proc.pid, signal.SIGINT)
-                break
-        # keep draining: a full pipe would block the child's last writes and its exit
-        threading.Thread(target=lambda: seen.extend(proc.stdout), daemon=True).start()
+            if "run_id" not in found and (m := re.search(r"Successfully started run (\d+)", line)):
+                found["run_id"] = int(m.group(1))
+            if "run_id" in found and "[ROUND 1/" in line:
+                training.set()
+
+    threading.Thread(target=read, daemon=True).start()
+    try:
+        assert training.wait(timeout=300), "".join(seen)[-3000:]  # never a hang if round 1 never comes
+        os.killpg(proc.pid, signal.SIGINT)
         proc.wait(timeout=300)  # `flwr stop` (up to 60 s) and teardown are slow on a loaded 2-core machine
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
+    run_id = found.get("run_id")
     assert run_id is not None, "".join(seen)[-3000:]
     assert proc.returncode != 0
     assert run_status(superlink, run_id) == "finished:stopped"

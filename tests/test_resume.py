@@ -122,11 +122,13 @@ def test_a_run_killed_in_round_3_resumes_to_the_uninterrupted_result(superlink, 
         assert read_checkpoint(run_dir).round in (2, 3)
 
     with simulation_superlink() as env:
-        proc = subprocess.run([sys.executable, "-m", "hasa_flwr.cli", "run", str(ROOT), "--resume", str(run_dir)],
-                              env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)
-        assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
-        assert f"results: {run_dir / 'results.json'}" in proc.stdout
-        stop_everything(env)
+        try:
+            proc = subprocess.run([sys.executable, "-m", "hasa_flwr.cli", "run", str(ROOT), "--resume", str(run_dir)],
+                                  env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+            assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+            assert f"results: {run_dir / 'results.json'}" in proc.stdout
+        finally:
+            stop_everything(env)
 
     a, b = json.loads(full.results.read_text()), json.loads((run_dir / "results.json").read_text())
     keys = ("partition_id", "name", "score", "width", "accuracy", "top3", "loss", "full_width_accuracy")

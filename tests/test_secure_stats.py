@@ -157,12 +157,9 @@ def test_a_client_lost_in_the_secure_round_is_left_out_or_stops_the_run(tmp_path
     assert dropped == [{"node": victim, "phase": "secure vocab", "reason": "dropped out of the SecAgg+ round"}]
     assert victim not in {c.node_id for c in clients} and set(scores) == {c.node_id for c in clients}
     assert secure[0].nodes == [n for n in sorted(NODES) if n != victim] and secure[0].requested == K
-    # the survivors' sum is exact: their pooled label histogram equals the clear sum of their counts
-    settings = settings_from_run_config(rc)
-    fed = settings.load_data()
+    # the survivors' sum is exact: their pooled label histogram counts each of their training targets once
     assert len(vocab) > 2
     assert secure[1].total.sum() == sum(c.n_train for c in clients)
-    assert len(fed.clients) == K
 
 
 def test_secure_stats_config_errors(tmp_path):

@@ -16,7 +16,7 @@ def test_a_sweep_on_one_shared_ray_and_nothing_left_running(tmp_path):
         value = env[MARKER]
         outcome = sweep(ROOT, out, preset=None, strategies=["uniform", "hasa"], seeds=[0], progress=False,
                         sets={"num-server-rounds": 1, "embed-dim": 8, "hidden-dim": 16, "save-model": False},
-                        env=env)
+                        env=env, run_timeout=600)
         assert not outcome.failed and len(outcome.done) == 2
         # both runs' ClientApp actors ran on the shared Ray: its one session holds their workers' logs
         logs = Path(env["RAY_TMPDIR"]) / "session_latest" / "logs"
@@ -50,7 +50,7 @@ def test_a_sweep_stopped_with_sigterm_stops_its_ray_and_superlink(tmp_path):
     sweep_proc = subprocess.Popen([sys.executable, "-m", "hasa_flwr.cli", "sweep", "--app", str(ROOT), "--out", str(out),
                                    "--strategies", "uniform", "--seeds", "0", "--shared-ray", "--no-progress",
                                    "--set", "num-server-rounds=50"], cwd=ROOT, start_new_session=True,
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                                  stdout=subprocess.DEVNULL, stderr=(tmp_path / "sweep.err").open("w"))
     value = None
     try:
         deadline = time.monotonic() + 240
@@ -67,7 +67,8 @@ def test_a_sweep_stopped_with_sigterm_stops_its_ray_and_superlink(tmp_path):
         assert value is not None, "the sweep's first run never started"
         assert marked_pids(value)
         os.kill(sweep_proc.pid, signal.SIGTERM)
-        _, err = sweep_proc.communicate(timeout=120)
+        sweep_proc.wait(timeout=120)  # (stderr goes to a file: a pipe nobody reads while polling could fill)
+        err = (tmp_path / "sweep.err").read_text()
         assert sweep_proc.returncode == 130, err
         assert "interrupted; re-run the same command to resume" in err
         assert marked_pids(value) == []

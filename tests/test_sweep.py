@@ -245,15 +245,15 @@ def test_label_puts_an_ablation_beside_its_strategy(tmp_path):
         run_fake(out, FakeRunner(), strategies=("hasa",), label="../x")
 
 
-def test_jobs_run_at_once_on_their_own_share_of_the_cores(tmp_path):
+def test_jobs_run_at_once_on_their_own_share_of_the_cores(tmp_path, monkeypatch):
     """--jobs 2: two runs overlap in time, each with its own Ray sized to half the cores; the folder
     is the same as a sequential sweep's, and resuming skips every finished run."""
     import threading
-    import time as _time
 
     from hasa_flwr.study.sweep import job_resources
 
     active, peak, lock = [0], [0], threading.Lock()
+    meet = threading.Barrier(2, timeout=60)  # each run waits for the other worker's: they overlap, whatever the load
     inner = FakeRunner()
     seen_configs = []
 
@@ -262,13 +262,16 @@ def test_jobs_run_at_once_on_their_own_share_of_the_cores(tmp_path):
             active[0] += 1
             peak[0] = max(peak[0], active[0])
             seen_configs.append(federation_config)
-        _time.sleep(0.3)
+        meet.wait()
         try:
             return inner(config, num_supernodes=num_supernodes, federation_config=federation_config, log=log)
         finally:
             with lock:
                 active[0] -= 1
 
+    import hasa_flwr.study.sweep as sweep_module
+
+    monkeypatch.setattr(sweep_module, "superlink_started", lambda: True)  # fake runs start no SuperLink to wait for
     out = tmp_path / "runs"
     outcome = run_fake(out, runner, seeds=(0, 1, 2), jobs=2)
     assert len(outcome.done) == 6 and not outcome.failed and peak[0] == 2
@@ -374,17 +377,21 @@ class StoppableRunner:
 def test_ctrl_c_with_jobs_stops_live_runs_and_starts_no_queued_one(tmp_path, monkeypatch):
     """--jobs 2, 6 runs: Ctrl-C while 2 are live stops both on the SuperLink, records them as
     interrupted (not failed), starts none of the 4 queued ones and still ends the sweep."""
-    import time as _time
+    import signal
 
     import hasa_flwr.study.sweep as sweep_module
 
+    # a terminal's Ctrl-C raises KeyboardInterrupt; pytest may run with SIGINT ignored (a background job)
+    old = signal.signal(signal.SIGINT, signal.default_int_handler)
     runner = StoppableRunner(live_before_interrupt=2)
     monkeypatch.setattr(sweep_module, "flwr_stop", runner.stop)
     monkeypatch.setattr(sweep_module, "superlink_started", lambda: True)  # no SuperLink to wait for
     out = tmp_path / "runs"
-    with pytest.raises(KeyboardInterrupt):
-        run_fake(out, runner, seeds=(0, 1, 2), jobs=2)
-    _time.sleep(0.3)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            run_fake(out, runner, seeds=(0, 1, 2), jobs=2)  # returns once its workers have ended
+    finally:
+        signal.signal(signal.SIGINT, old)
     assert sorted(runner.started) == [("hasa", 0), ("uniform", 0)] and sorted(runner.stopped) == [1, 2]
     runs = json.loads((out / "sweep.json").read_text())["runs"]
     assert {k: r["status"] for k, r in runs.items()} == {"uniform/seed-0": "interrupted", "hasa/seed-0": "interrupted"}

@@ -330,14 +330,14 @@ def simulation_resources(num_clients: int, cpus: int, one_actor: bool) -> tuple[
 
 
 def simulation_floor(work: Path, *, rounds: int, num_clients: int, federation_config: str,
-                     env: dict[str, str] | None = None) -> list[float]:
+                     env: dict[str, str] | None = None, timeout: float | None = None) -> list[float]:
     """Seconds of each round of the no-op app in simulation: Flower's own cost of a round, no training."""
     noop = write_noop_app(work / "noop")
     overrides = {"num-server-rounds": rounds, "num-clients": num_clients,
                  "results-dir": str(work / "noop-results")}
     with (work / "noop.log").open("w") as log:
         outcome = flwr_run(noop, overrides, num_supernodes=num_clients, federation_config=federation_config,
-                           log=log, env=env)
+                           log=log, env=env, timeout=timeout)
     if outcome.results is None:
         why = outcome.failure
         raise RunFailed(f"the no-op Flower run failed: {why} (log: {work / 'noop.log'})")
